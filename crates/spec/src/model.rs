@@ -1,0 +1,178 @@
+//! The manifest types: what a user writes in Git, as Rust types.
+//!
+//! Field names follow Kubernetes and Argo where they already name the thing, so a user coming
+//! from them feels at home. Every struct denies unknown fields; the JSON Schema printed by
+//! `gauntlet schema` is generated from these types.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The only `apiVersion` this release understands.
+pub const API_VERSION: &str = "gauntlet.dev/v1alpha1";
+
+/// `metadata` of every document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    /// Unique among documents of the same kind; a DNS-label-like name (`[a-z0-9-]`, at most 63).
+    pub name: String,
+    /// Free-form labels, shown in status.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Free-form annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `kind: Application`: a workload kept running on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Application {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: ApplicationSpec,
+}
+
+/// The desired state of one application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApplicationSpec {
+    /// How many instances of the current revision run. Default 1; 0 keeps the app defined but
+    /// stopped.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// The local workload: one operating-system process per instance.
+    pub process: ProcessSpec,
+    /// When an instance counts as ready. Without it, an instance is ready once it is running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Probe>,
+    /// Where the proxy serves this application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Service>,
+    /// Applications that must be healthy before this one is applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+
+/// The process that makes one instance. `${PORT}` in `command`, `args`, `env` values and
+/// `workingDir` is replaced by the instance's port; `PORT` is also set in its environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProcessSpec {
+    /// Program and leading arguments. A bare name is looked up in `PATH` (and, with an
+    /// artifact, inside the unpacked artifact first).
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; relative paths are relative to the unpacked artifact when there is
+    /// one, else to the instance's own directory under the state directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// An archive or executable fetched, verified and cached before the first start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Artifact>,
+    /// Seconds between SIGTERM and SIGKILL when an instance is stopped. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<u32>,
+}
+
+/// A downloadable build of the application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Artifact {
+    /// `http://`, `https://` or `file://`. A `.tar.gz`/`.tgz` is unpacked; anything else is
+    /// stored as an executable file named after the URL's last segment.
+    pub url: String,
+    /// Lower-case hex SHA-256 of the downloaded bytes; a mismatch refuses to start.
+    pub sha256: String,
+}
+
+/// A readiness probe, after Kubernetes: exactly one of `httpGet`, `tcpSocket`, `exec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Probe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    /// Seconds after start before the first probe. Default 0.
+    #[serde(default)]
+    pub initial_delay_seconds: u32,
+    /// Seconds between probes. Default 1 (Kubernetes: 10; local processes start fast).
+    #[serde(default = "default_period")]
+    pub period_seconds: u32,
+    /// Seconds before a probe counts as failed. Default 1.
+    #[serde(default = "default_one")]
+    pub timeout_seconds: u32,
+    /// Consecutive successes to become ready. Default 1.
+    #[serde(default = "default_one")]
+    pub success_threshold: u32,
+    /// Consecutive failures to become unready. Default 3.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+}
+
+fn default_period() -> u32 {
+    1
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_failure_threshold() -> u32 {
+    3
+}
+
+/// HTTP GET against the instance; 200-399 is success.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpGetAction {
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Port to probe; defaults to the instance's `${PORT}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Default 127.0.0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+fn default_path() -> String {
+    "/".to_string()
+}
+
+/// A TCP connect to the instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpSocketAction {
+    /// Defaults to the instance's `${PORT}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// A command run on this host; exit status 0 is success. `${PORT}` is substituted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExecAction {
+    pub command: Vec<String>,
+}
+
+/// Where the application is served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Service {
+    /// `host:port`, for example `127.0.0.1:8080`.
+    pub listen: String,
+}
