@@ -1,9 +1,51 @@
 //! Gauntlet's manifests: types, strict parsing with file:line:column diagnostics, validation of
 //! a whole tree, the revision hash of a workload, and the JSON Schema generated from the types.
+//!
+//! The pieces, in the order a tree goes through them:
+//!
+//! - [`read_dir`] (`files.rs`) collects the YAML files of a checkout as [`SourceFile`]s.
+//! - [`parse`] (`parse.rs`) cuts each file into documents, reads each one's `apiVersion` and
+//!   `kind`, and hands it to its [`Kind`] (`document.rs`) to be read strictly as a
+//!   [`model`] type. Errors carry file, line, column and field path ([`Diagnostic`]).
+//! - `validate.rs` checks what types cannot say: names, digests, addresses, probes, unique
+//!   names and listen addresses, and an acyclic `dependsOn` graph. Any problem rejects the whole
+//!   tree, so a half-valid commit is never applied.
+//! - The result is a [`DesiredState`] (`state.rs`); [`Application::revision`] (`revision.rs`)
+//!   names what a rollout moves between, and [`schema`] (`schema.rs`) describes the documents
+//!   for editors.
+//!
+//! ```
+//! use gauntlet_spec::{parse, SourceFile};
+//!
+//! let bad = SourceFile {
+//!     path: "apps/web.yaml".into(),
+//!     contents: "apiVersion: gauntlet.dev/v1alpha1\nkind: Application\n\
+//!                metadata: {name: web}\nspec:\n  replicaz: 2\n"
+//!         .into(),
+//! };
+//! let errors = parse(&[bad]).unwrap_err();
+//! assert!(errors.to_string().starts_with("apps/web.yaml:5:3: spec.replicaz: unknown field"));
+//! ```
 
+mod diagnostic;
+mod document;
+mod fields;
+mod files;
 pub mod model;
+mod parse;
+mod revision;
+mod schema;
+mod state;
+mod validate;
 
+pub use diagnostic::{Diagnostic, Diagnostics, Located, Origin};
+pub use document::{Document, Kind};
+pub use files::read_dir;
 pub use model::*;
+pub use parse::{parse, SourceFile};
+pub use schema::schema;
+pub use state::DesiredState;
+pub use validate::MAX_REPLICAS;
 
 /// Replaces every `${PORT}` in `s` with `port`.
 pub fn substitute_port(s: &str, port: u16) -> String {

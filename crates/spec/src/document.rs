@@ -1,0 +1,76 @@
+//! The kinds of document Gauntlet understands, and the one place that dispatches on `kind`.
+//!
+//! A document is first read only for its `apiVersion` and `kind`; then [`Kind::parse`] reads it
+//! strictly as the type of that kind. Adding a kind (AnalysisTemplate, ChaosExperiment,
+//! FeatureFlags) is a variant in [`Kind`] and in [`Document`]; the compiler then points at each
+//! match that must learn it (parsing here, the schema in `schema.rs`).
+
+use std::fmt;
+
+use crate::diagnostic::Diagnostic;
+use crate::model::Application;
+use crate::parse::{self, Chunk};
+
+/// A known value of a document's `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Application,
+}
+
+impl Kind {
+    /// Every kind, in the order they are listed to users.
+    pub const ALL: &'static [Kind] = &[Kind::Application];
+
+    /// The spelling used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Application => "Application",
+        }
+    }
+
+    /// The kind spelled `name`, if it is known (case-sensitive, as in Kubernetes).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.iter().copied().find(|kind| kind.as_str() == name)
+    }
+
+    /// Reads `chunk` strictly as a document of this kind.
+    pub(crate) fn parse(self, file: &str, chunk: &Chunk<'_>) -> Result<Document, Diagnostic> {
+        match self {
+            Kind::Application => parse::deserialize(file, chunk).map(Document::Application),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One parsed document, whatever its kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Document {
+    Application(Application),
+}
+
+/// The known kinds as a message fragment: `` `Application`, `...` ``.
+pub(crate) fn known_kinds() -> String {
+    Kind::ALL
+        .iter()
+        .map(|kind| format!("`{kind}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_through_their_names() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::from_name(kind.as_str()), Some(*kind));
+        }
+        assert_eq!(Kind::from_name("application"), None);
+    }
+}

@@ -1,0 +1,660 @@
+//! From YAML text to typed documents, with a position and a field path on every error.
+//!
+//! Each file is cut into its `---`-separated documents first, so that one broken document does
+//! not hide the problems of the next, and each document is read on its own: once for its
+//! `apiVersion` and `kind`, then strictly as the type of that kind (see `document.rs`). Lines
+//! are counted from the top of the file, whichever document they are in. serde-saphyr gives the
+//! position of an error; serde_path_to_error gives the field path.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_path_to_error::Segment;
+use serde_saphyr::{MessageFormatter, Spanned, UserMessageFormatter};
+
+use crate::diagnostic::{Diagnostic, Diagnostics, Located, Origin};
+use crate::document::{known_kinds, Document, Kind};
+use crate::fields::FieldIndex;
+use crate::model::API_VERSION;
+use crate::state::DesiredState;
+use crate::validate;
+
+/// One file of a source tree; `path` is relative to the tree root, '/'-separated.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SourceFile {
+    pub path: String,
+    pub contents: String,
+}
+
+/// Parses and validates every file; all or nothing: any diagnostic rejects the whole tree.
+///
+/// ```
+/// use gauntlet_spec::{parse, SourceFile};
+///
+/// let file = SourceFile {
+///     path: "apps/web.yaml".into(),
+///     contents: "apiVersion: gauntlet.dev/v1alpha1\nkind: Application\n\
+///                metadata: {name: web}\nspec:\n  process: {command: [web]}\n"
+///         .into(),
+/// };
+/// let state = parse(&[file]).unwrap();
+/// assert_eq!(state.applications["web"].origin.line, 1);
+/// ```
+pub fn parse(files: &[SourceFile]) -> Result<DesiredState, Diagnostics> {
+    let mut diagnostics = Vec::new();
+    let mut applications = Vec::new();
+    for file in files {
+        for chunk in split_documents(&file.contents) {
+            match read_document(&file.path, &chunk) {
+                Ok(Some(Document::Application(app))) => applications.push(Parsed {
+                    located: Located {
+                        value: app,
+                        origin: chunk.origin(&file.path),
+                    },
+                    fields: FieldIndex::read(&chunk),
+                }),
+                Ok(None) => {}
+                Err(mut problems) => diagnostics.append(&mut problems),
+            }
+        }
+    }
+    let complete = diagnostics.is_empty();
+    diagnostics.extend(validate::applications(&applications, complete));
+    if !diagnostics.is_empty() {
+        diagnostics.sort();
+        return Err(Diagnostics(diagnostics));
+    }
+    let applications = applications
+        .into_iter()
+        .map(|parsed| (parsed.located.value.name().to_string(), parsed.located))
+        .collect();
+    Ok(DesiredState { applications })
+}
+
+/// A document that parsed, with the positions of its fields for later diagnostics.
+pub(crate) struct Parsed<T> {
+    pub located: Located<T>,
+    pub fields: FieldIndex,
+}
+
+impl<T> Parsed<T> {
+    /// A diagnostic about `path`, at the field's position when known, else at the document.
+    pub(crate) fn diagnostic(&self, path: &str, message: impl ToString) -> Diagnostic {
+        let (line, column) = match self.fields.position(path) {
+            Some(position) => (position.line, position.column),
+            None => (self.located.origin.line, 1),
+        };
+        Diagnostic {
+            file: self.located.origin.file.clone(),
+            line,
+            column,
+            field: Some(path.to_string()),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// One document's text, cut out of its file.
+pub(crate) struct Chunk<'a> {
+    pub text: &'a str,
+    /// Lines of the file before `text`; added to positions within `text`.
+    pub line_offset: usize,
+    /// 1-based line, in the file, of the document's first line of content.
+    pub first_line: usize,
+}
+
+impl Chunk<'_> {
+    fn origin(&self, file: &str) -> Origin {
+        Origin {
+            file: file.to_string(),
+            line: self.first_line,
+        }
+    }
+
+    /// File position of a serde-saphyr location within this chunk.
+    pub(crate) fn position(&self, location: Option<serde_saphyr::Location>) -> (usize, usize) {
+        match location {
+            Some(location) if location.line() > 0 => (
+                self.line_offset + to_usize(location.line()),
+                to_usize(location.column()).max(1),
+            ),
+            _ => (self.first_line, 1),
+        }
+    }
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// Cuts a file into documents at `---` lines and after `...` lines, dropping documents that
+/// hold only comments and blank lines.
+///
+/// YAML forbids a line that starts with `---` or `...` inside any scalar, so a line-based cut
+/// is exact, and it keeps working past a syntax error in an earlier document.
+pub(crate) fn split_documents(contents: &str) -> Vec<Chunk<'_>> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut start_line = 0;
+    let mut first_content = None;
+    let mut offset = 0;
+    for (index, line) in contents.split_inclusive('\n').enumerate() {
+        let starts_document = is_marker(line, "---");
+        let ends_document = is_marker(line, "...");
+        if starts_document && offset > start {
+            push_chunk(
+                &mut chunks,
+                &contents[start..offset],
+                start_line,
+                first_content,
+            );
+            (start, start_line, first_content) = (offset, index, None);
+        }
+        if first_content.is_none() && !ends_document && has_content(line, starts_document) {
+            first_content = Some(index + 1);
+        }
+        offset += line.len();
+        if ends_document {
+            push_chunk(
+                &mut chunks,
+                &contents[start..offset],
+                start_line,
+                first_content,
+            );
+            (start, start_line, first_content) = (offset, index + 1, None);
+        }
+    }
+    push_chunk(&mut chunks, &contents[start..], start_line, first_content);
+    chunks
+}
+
+fn push_chunk<'a>(
+    chunks: &mut Vec<Chunk<'a>>,
+    text: &'a str,
+    line_offset: usize,
+    first_content: Option<usize>,
+) {
+    if let Some(first_line) = first_content {
+        chunks.push(Chunk {
+            text,
+            line_offset,
+            first_line,
+        });
+    }
+}
+
+fn is_marker(line: &str, marker: &str) -> bool {
+    line.strip_prefix(marker)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+}
+
+/// Whether `line` holds YAML content: not blank, a comment, a directive or a bare `---`.
+fn has_content(line: &str, starts_document: bool) -> bool {
+    let rest = if starts_document {
+        line.get(3..).unwrap_or_default()
+    } else {
+        line
+    };
+    let rest = rest.trim_start();
+    !(rest.is_empty() || rest.starts_with('#') || (!starts_document && line.starts_with('%')))
+}
+
+/// What every document must say about itself before it can be read as its kind.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    #[serde(default)]
+    api_version: Option<Spanned<String>>,
+    #[serde(default)]
+    kind: Option<Spanned<String>>,
+}
+
+/// Problems with a document's `apiVersion` or `kind`.
+#[derive(Debug, thiserror::Error)]
+enum HeaderError {
+    #[error("missing field `apiVersion`, expected `{API_VERSION}`")]
+    MissingApiVersion,
+    #[error("unsupported apiVersion `{0}`, expected `{API_VERSION}`")]
+    UnsupportedApiVersion(String),
+    #[error("missing field `kind`, expected one of {}", known_kinds())]
+    MissingKind,
+    #[error("unknown kind `{found}`, expected one of {known}", known = known_kinds())]
+    UnknownKind { found: String },
+}
+
+/// Reads one document: `Ok(None)` for an empty (null) document.
+fn read_document(file: &str, chunk: &Chunk<'_>) -> Result<Option<Document>, Vec<Diagnostic>> {
+    let Some(header) = deserialize::<Option<Header>>(file, chunk).map_err(|d| vec![d])? else {
+        return Ok(None);
+    };
+    let mut problems = Vec::new();
+    let header_problem = |field: &str, location: Option<serde_saphyr::Location>, error| {
+        let (line, column) = chunk.position(location);
+        Diagnostic {
+            file: file.to_string(),
+            line,
+            column,
+            field: Some(field.to_string()),
+            message: HeaderError::to_string(&error),
+        }
+    };
+    match &header.api_version {
+        None => problems.push(header_problem(
+            "apiVersion",
+            None,
+            HeaderError::MissingApiVersion,
+        )),
+        Some(version) if version.value != API_VERSION => problems.push(header_problem(
+            "apiVersion",
+            Some(version.referenced),
+            HeaderError::UnsupportedApiVersion(version.value.clone()),
+        )),
+        Some(_) => {}
+    }
+    let kind = match &header.kind {
+        None => {
+            problems.push(header_problem("kind", None, HeaderError::MissingKind));
+            None
+        }
+        Some(kind) => {
+            let known = Kind::from_name(&kind.value);
+            if known.is_none() {
+                problems.push(header_problem(
+                    "kind",
+                    Some(kind.referenced),
+                    HeaderError::UnknownKind {
+                        found: kind.value.clone(),
+                    },
+                ));
+            }
+            known
+        }
+    };
+    match kind {
+        Some(kind) if problems.is_empty() => kind.parse(file, chunk).map(Some).map_err(|d| vec![d]),
+        _ => Err(problems),
+    }
+}
+
+/// Deserializes one document strictly, turning any error into a diagnostic with its position
+/// in the file and, when serde knows it, the field path.
+pub(crate) fn deserialize<T: DeserializeOwned>(
+    file: &str,
+    chunk: &Chunk<'_>,
+) -> Result<T, Diagnostic> {
+    let mut path = None;
+    deserialize_yaml(chunk.text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|error| {
+            path = field_path_of(error.path());
+            error.into_inner()
+        })
+    })
+    .map_err(|error| {
+        let (line, column) = chunk.position(error.location());
+        let field = field_path(path, &error);
+        let message = match error.without_snippet() {
+            // Every kind is a mapping, so a document that is not is best told so plainly.
+            serde_saphyr::Error::Unexpected { .. } if field.is_none() => {
+                "a document must be a mapping with `apiVersion`, `kind`, `metadata` and `spec`"
+                    .to_string()
+            }
+            other => message(other),
+        };
+        Diagnostic {
+            file: file.to_string(),
+            line,
+            column,
+            field,
+            message,
+        }
+    })
+}
+
+/// Runs `f` on a deserializer for one document with Gauntlet's options.
+pub(crate) fn deserialize_yaml<'de, T, F>(text: &'de str, f: F) -> Result<T, serde_saphyr::Error>
+where
+    for<'e> F: FnOnce(serde_saphyr::Deserializer<'de, 'e>) -> Result<T, serde_saphyr::Error>,
+{
+    // Manifests are small and hand-written: tight limits turn an alias bomb or a runaway
+    // generator into a clear error instead of a stalled reconciler.
+    let options = serde_saphyr::options! {
+        with_snippet: false,
+        budget: serde_saphyr::budget! {
+            max_events: 200_000,
+            max_nodes: 100_000,
+            max_aliases: 1_000,
+            max_anchors: 1_000,
+            max_total_scalar_bytes: 8 * 1024 * 1024,
+        },
+    };
+    serde_saphyr::with_deserializer_from_str_with_options(text, options, f)
+}
+
+/// `spec.dependsOn[1]`; segments serde could not name (such as a duplicate key) are left out.
+fn field_path_of(path: &serde_path_to_error::Path) -> Option<String> {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key: name } | Segment::Enum { variant: name } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(name);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The field an error is about: serde's path, plus the field name for a missing field (serde
+/// reports it at the enclosing mapping).
+fn field_path(path: Option<String>, error: &serde_saphyr::Error) -> Option<String> {
+    match error.without_snippet() {
+        serde_saphyr::Error::SerdeMissingField { field, .. } => Some(match path {
+            Some(parent) => format!("{parent}.{field}"),
+            None => field.to_string(),
+        }),
+        _ => path,
+    }
+}
+
+/// The error's text without position (the diagnostic carries it), in serde's usual wording,
+/// with control characters escaped so a hostile file cannot drive the terminal.
+fn message(error: &serde_saphyr::Error) -> String {
+    let error = error.without_snippet();
+    let text = match error {
+        serde_saphyr::Error::SerdeUnknownField {
+            field, expected, ..
+        } => format!("unknown field `{field}`, {}", one_of(expected)),
+        serde_saphyr::Error::SerdeUnknownVariant {
+            variant, expected, ..
+        } => format!("unknown variant `{variant}`, {}", one_of(expected)),
+        serde_saphyr::Error::InvalidScalar { ty, .. } => {
+            format!("invalid value, expected {}", describe_scalar(ty))
+        }
+        other => UserMessageFormatter.format_message(other).into_owned(),
+    };
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+/// What a user should write for a Rust scalar type.
+fn describe_scalar(ty: &str) -> String {
+    match ty {
+        "u16" => "a whole number from 0 to 65535".to_string(),
+        "u32" => "a whole number from 0 to 4294967295".to_string(),
+        "bool" => "true or false".to_string(),
+        other => format!("a value of type {other}"),
+    }
+}
+
+fn one_of(expected: &[&str]) -> String {
+    let names: Vec<String> = expected.iter().map(|name| format!("`{name}`")).collect();
+    match names.as_slice() {
+        [] => "there are no fields".to_string(),
+        [only] => format!("expected {only}"),
+        _ => format!("expected one of {}", names.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APP: &str = "\
+apiVersion: gauntlet.dev/v1alpha1
+kind: Application
+metadata:
+  name: checkout
+spec:
+  process:
+    command: [checkout]
+";
+
+    fn file(path: &str, contents: &str) -> SourceFile {
+        SourceFile {
+            path: path.to_string(),
+            contents: contents.to_string(),
+        }
+    }
+
+    fn errors(contents: &str) -> Vec<Diagnostic> {
+        match parse(&[file("apps/checkout.yaml", contents)]) {
+            Ok(state) => panic!("expected diagnostics, parsed {state:?}"),
+            Err(Diagnostics(all)) => all,
+        }
+    }
+
+    fn only_error(contents: &str) -> Diagnostic {
+        let all = errors(contents);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        all[0].clone()
+    }
+
+    #[test]
+    fn valid_document_parses_with_its_origin() {
+        let state = parse(&[file("apps/checkout.yaml", APP)]).unwrap();
+        let app = &state.applications["checkout"];
+        assert_eq!(app.value.spec.process.command, vec!["checkout"]);
+        assert_eq!(app.value.spec.replicas, 1);
+        assert_eq!(app.origin.file, "apps/checkout.yaml");
+        assert_eq!(app.origin.line, 1);
+    }
+
+    #[test]
+    fn several_documents_per_file_with_comments_and_empty_documents() {
+        let contents = format!(
+            "# leading comment\n---\n{APP}---\n# only a comment\n---\n---\n{}",
+            APP.replace("checkout", "payments")
+        );
+        let state = parse(&[file("apps/all.yaml", &contents)]).unwrap();
+        assert_eq!(state.applications.len(), 2);
+        assert_eq!(state.applications["checkout"].origin.line, 3);
+        assert_eq!(state.applications["payments"].origin.line, 14);
+    }
+
+    #[test]
+    fn document_end_marker_separates_documents() {
+        let contents = format!("{APP}...\n{}", APP.replace("checkout", "payments"));
+        let state = parse(&[file("apps/all.yaml", &contents)]).unwrap();
+        assert_eq!(state.applications["payments"].origin.line, 9);
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_path() {
+        let error = only_error(&APP.replace("command:", "comand:"));
+        assert_eq!(error.file, "apps/checkout.yaml");
+        assert_eq!((error.line, error.column), (7, 5));
+        assert_eq!(error.field.as_deref(), Some("spec.process.comand"));
+        assert!(
+            error
+                .message
+                .starts_with("unknown field `comand`, expected one of `command`, `args`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn second_document_errors_report_lines_relative_to_file() {
+        let second = APP
+            .replace("checkout", "payments")
+            .replace("command:", "comand:");
+        let error = only_error(&format!("{APP}---\n{second}"));
+        assert_eq!((error.line, error.column), (15, 5), "{error}");
+        assert_eq!(error.field.as_deref(), Some("spec.process.comand"));
+    }
+
+    #[test]
+    fn third_document_errors_report_lines_relative_to_file() {
+        let third = APP
+            .replace("checkout", "c")
+            .replace("  name: c\n", "  name: c\n  nme: x\n");
+        let contents = format!("{APP}---\n{}---\n{third}", APP.replace("checkout", "b"));
+        let error = only_error(&contents);
+        assert_eq!(
+            (error.line, error.field.as_deref()),
+            (21, Some("metadata.nme")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_path() {
+        let error = only_error(&APP.replace("spec:\n", "spec:\n  replicas: many\n"));
+        assert_eq!((error.line, error.column), (6, 13), "{error}");
+        assert_eq!(error.field.as_deref(), Some("spec.replicas"));
+        assert_eq!(
+            error.message,
+            "invalid value, expected a whole number from 0 to 4294967295"
+        );
+    }
+
+    #[test]
+    fn wrong_type_inside_a_list_names_the_index() {
+        let error = only_error(&APP.replace("[checkout]", "[checkout, {a: b}]"));
+        assert_eq!(
+            error.field.as_deref(),
+            Some("spec.process.command[1]"),
+            "{error}"
+        );
+        assert_eq!(error.line, 7);
+    }
+
+    #[test]
+    fn missing_required_field_names_its_path() {
+        let error = only_error(&APP.replace("    command: [checkout]\n", "    args: [x]\n"));
+        assert_eq!(
+            error.field.as_deref(),
+            Some("spec.process.command"),
+            "{error}"
+        );
+        assert!(error.message.contains("missing field `command`"), "{error}");
+        assert!((6..=8).contains(&error.line), "{error}");
+    }
+
+    #[test]
+    fn syntax_error_gives_file_line_and_column() {
+        let error = only_error(&APP.replace("[checkout]", "[checkout"));
+        assert_eq!(error.file, "apps/checkout.yaml");
+        assert!((7..=8).contains(&error.line), "{error}");
+        assert!(error.column >= 1);
+    }
+
+    #[test]
+    fn syntax_error_in_one_document_does_not_hide_the_next() {
+        let broken = APP.replace("[checkout]", "[checkout");
+        let second = APP
+            .replace("checkout", "payments")
+            .replace("command:", "comand:");
+        let all = errors(&format!("{broken}---\n{second}"));
+        assert_eq!(all.len(), 2, "{all:#?}");
+        assert_eq!(all[1].line, 15);
+    }
+
+    #[test]
+    fn duplicate_keys_are_rejected() {
+        let error = only_error(&APP.replace("spec:\n", "spec:\n  replicas: 1\n  replicas: 2\n"));
+        assert_eq!(
+            (error.line, error.field.as_deref()),
+            (7, Some("spec")),
+            "{error}"
+        );
+        assert!(
+            error.message.contains("duplicate mapping key `replicas`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn missing_api_version_is_rejected() {
+        let error = only_error(&APP.replace("apiVersion: gauntlet.dev/v1alpha1\n", ""));
+        assert_eq!(
+            (error.line, error.field.as_deref()),
+            (1, Some("apiVersion"))
+        );
+        assert!(error.message.contains("gauntlet.dev/v1alpha1"), "{error}");
+    }
+
+    #[test]
+    fn wrong_api_version_is_rejected_at_its_line() {
+        let error = only_error(&APP.replace("v1alpha1", "v9"));
+        assert_eq!((error.line, error.column), (1, 13), "{error}");
+        assert_eq!(
+            error.message,
+            "unsupported apiVersion `gauntlet.dev/v9`, expected `gauntlet.dev/v1alpha1`"
+        );
+    }
+
+    #[test]
+    fn missing_kind_is_rejected() {
+        let error = only_error(&APP.replace("kind: Application\n", ""));
+        assert_eq!(error.field.as_deref(), Some("kind"));
+        assert_eq!(
+            error.message,
+            "missing field `kind`, expected one of `Application`"
+        );
+    }
+
+    #[test]
+    fn unknown_kind_names_it_and_lists_known_kinds() {
+        let error = only_error(&APP.replace("kind: Application", "kind: Rollout"));
+        assert_eq!((error.line, error.field.as_deref()), (2, Some("kind")));
+        assert_eq!(
+            error.message,
+            "unknown kind `Rollout`, expected one of `Application`"
+        );
+    }
+
+    #[test]
+    fn non_mapping_document_is_rejected() {
+        let error = only_error("just a string\n");
+        assert_eq!(
+            error.to_string(),
+            "apps/checkout.yaml:1:1: a document must be a mapping with `apiVersion`, `kind`, \
+             `metadata` and `spec`"
+        );
+        let list = only_error("# a list\n- a\n");
+        assert_eq!(list.line, 2, "{list}");
+        assert!(
+            list.message.starts_with("a document must be a mapping"),
+            "{list}"
+        );
+    }
+
+    #[test]
+    fn control_characters_in_messages_are_escaped() {
+        let error = only_error(&APP.replace(
+            "  name: checkout\n",
+            "  name: checkout\n  \"a\\u001b[31m\": x\n",
+        ));
+        assert!(!error.message.contains('\u{1b}'), "{error:?}");
+        assert!(error.message.contains("\\u{1b}"), "{error:?}");
+    }
+
+    #[test]
+    fn split_keeps_line_offsets_and_skips_empty_documents() {
+        let chunks = split_documents("# c\n---\na: 1\n---\n\n---\nb: 2\n...\n");
+        let lines: Vec<(usize, usize)> = chunks
+            .iter()
+            .map(|c| (c.line_offset, c.first_line))
+            .collect();
+        assert_eq!(lines, vec![(1, 3), (5, 7)]);
+        assert_eq!(chunks[1].text, "---\nb: 2\n...\n");
+    }
+
+    #[test]
+    fn marker_with_inline_content_starts_a_document_on_that_line() {
+        let chunks = split_documents("a: 1\n--- {b: 2}\n");
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[1].first_line, 2);
+    }
+}

@@ -1,0 +1,131 @@
+//! The desired state of a whole tree: every application of one commit, validated, by name.
+//!
+//! The reconciler compares this with what runs; `apply_order` tells it which applications to
+//! bring up first.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::diagnostic::Located;
+use crate::model::Application;
+
+/// A whole validated tree (one commit's worth of manifests).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DesiredState {
+    pub applications: BTreeMap<String, Located<Application>>,
+}
+
+impl DesiredState {
+    /// Application names ordered so that every app comes after the apps it `dependsOn` (ties by
+    /// name).
+    ///
+    /// Dependencies on applications outside the state are ignored. A state built by [`parse`]
+    /// has no cycles; should one be built by hand, the applications on a cycle come last, by
+    /// name, so the order is still total.
+    ///
+    /// [`parse`]: crate::parse
+    pub fn apply_order(&self) -> Vec<String> {
+        let mut waiting_on: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (name, app) in &self.applications {
+            let deps: BTreeSet<&str> = app
+                .value
+                .spec
+                .depends_on
+                .iter()
+                .map(String::as_str)
+                .filter(|dep| *dep != name && self.applications.contains_key(*dep))
+                .collect();
+            for dep in &deps {
+                dependents.entry(dep).or_default().push(name);
+            }
+            waiting_on.insert(name, deps);
+        }
+        let mut ready: BTreeSet<&str> = waiting_on
+            .iter()
+            .filter(|(_, deps)| deps.is_empty())
+            .map(|(name, _)| *name)
+            .collect();
+        let mut order = Vec::with_capacity(self.applications.len());
+        while let Some(name) = ready.pop_first() {
+            order.push(name.to_string());
+            waiting_on.remove(name);
+            for dependent in dependents.get(name).into_iter().flatten() {
+                if let Some(deps) = waiting_on.get_mut(dependent) {
+                    deps.remove(name);
+                    if deps.is_empty() {
+                        ready.insert(dependent);
+                    }
+                }
+            }
+        }
+        order.extend(waiting_on.keys().map(|name| name.to_string()));
+        order
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostic::Origin;
+    use crate::model::{ApplicationSpec, Metadata, ProcessSpec, API_VERSION};
+
+    fn state(apps: &[(&str, &[&str])]) -> DesiredState {
+        let applications = apps
+            .iter()
+            .map(|(name, deps)| {
+                let app = Application {
+                    api_version: API_VERSION.into(),
+                    kind: "Application".into(),
+                    metadata: Metadata {
+                        name: name.to_string(),
+                        labels: BTreeMap::new(),
+                        annotations: BTreeMap::new(),
+                    },
+                    spec: ApplicationSpec {
+                        replicas: 1,
+                        process: ProcessSpec {
+                            command: vec!["run".into()],
+                            args: vec![],
+                            env: BTreeMap::new(),
+                            working_dir: None,
+                            artifact: None,
+                            termination_grace_period_seconds: None,
+                        },
+                        readiness: None,
+                        service: None,
+                        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+                    },
+                };
+                let origin = Origin {
+                    file: format!("{name}.yaml"),
+                    line: 1,
+                };
+                (name.to_string(), Located { value: app, origin })
+            })
+            .collect();
+        DesiredState { applications }
+    }
+
+    #[test]
+    fn dependencies_come_first_and_ties_go_by_name() {
+        let state = state(&[
+            ("web", &["api", "db"]),
+            ("api", &["db"]),
+            ("db", &[]),
+            ("cache", &[]),
+            ("worker", &["db"]),
+        ]);
+        assert_eq!(state.apply_order(), ["cache", "db", "api", "web", "worker"]);
+    }
+
+    #[test]
+    fn hand_built_cycle_still_yields_every_application() {
+        let state = state(&[("a", &["b"]), ("b", &["a"]), ("c", &[])]);
+        assert_eq!(state.apply_order(), ["c", "a", "b"]);
+    }
+
+    #[test]
+    fn empty_state_has_empty_order() {
+        assert!(DesiredState::default().apply_order().is_empty());
+    }
+}
