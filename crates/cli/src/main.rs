@@ -1,1 +1,125 @@
-fn main() {}
+//! `gauntlet`: the one binary. The controller (`up`), the CLI that talks to it, offline tools
+//! (`validate`, `schema`), the demo and the demo application all live here; each subcommand is
+//! a thin layer over the library crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod client;
+mod commands;
+mod demo;
+mod demo_app;
+mod paths;
+mod up;
+
+/// GitOps, progressive delivery, chaos and feature flags in one binary.
+///
+/// The desired state of every application lives as YAML in a Git repository; `gauntlet up`
+/// keeps the processes on this machine equal to it, heals drift, prunes what was removed and
+/// records every action with the commit that caused it.
+#[derive(Parser)]
+#[command(name = "gauntlet", version, about, long_about)]
+struct Cli {
+    /// The controller's state directory (store, token, logs, runtime records). Commands find
+    /// the running controller's address and token there.
+    #[arg(long, global = true, env = "GAUNTLET_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the controller: follow a Git repository and keep this machine equal to it.
+    Up(up::UpArgs),
+    /// Stop the running controller (instances keep running unless --stop-instances).
+    Down {
+        /// Stop every application instance too.
+        #[arg(long)]
+        stop_instances: bool,
+    },
+    /// Show the source and each application's sync status, health and instances.
+    Status {
+        /// Only this application.
+        app: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Fetch the repository now, apply a new commit and reconcile; prints the result.
+    Sync {
+        /// Print only this application afterwards.
+        app: Option<String>,
+    },
+    /// Show what applying the repository's current head would change, without applying it.
+    Diff {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Show the audit log: every action, who or which commit caused it, and why.
+    History {
+        /// Only this application.
+        app: Option<String>,
+        /// How many of the newest records.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Print an application's instance logs (read from the state directory).
+    Logs {
+        app: String,
+        /// Keep printing new lines as they are written.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines from the end of each log to start with.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+    },
+    /// Check a directory of manifests offline; exits non-zero with file:line errors.
+    Validate {
+        /// A directory (searched recursively for *.yaml/*.yml) or a single file.
+        path: PathBuf,
+    },
+    /// Print the JSON Schema of the manifests, for editors.
+    Schema,
+    /// Run the whole loop on a temporary repository and show each stage.
+    Demo(demo::DemoArgs),
+    /// A small HTTP service whose knobs make good and bad releases, for demos and tests.
+    DemoApp(demo_app::DemoAppArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let state_dir = paths::state_dir(cli.state_dir);
+    let result = match cli.command {
+        Command::Up(args) => up::run(args, state_dir),
+        Command::Down { stop_instances } => commands::down(&state_dir, stop_instances),
+        Command::Status { app, output } => commands::status(&state_dir, app.as_deref(), output),
+        Command::Sync { app } => commands::sync(&state_dir, app.as_deref()),
+        Command::Diff { output } => commands::diff(&state_dir, output),
+        Command::History { app, limit, output } => {
+            commands::history(&state_dir, app.as_deref(), limit, output)
+        }
+        Command::Logs { app, follow, tail } => commands::logs(&state_dir, &app, follow, tail),
+        Command::Validate { path } => commands::validate(&path),
+        Command::Schema => commands::schema(),
+        Command::Demo(args) => demo::run(args),
+        Command::DemoApp(args) => demo_app::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -42,7 +42,11 @@ pub struct InstanceSpec {
 
 /// Where an instance is in its life.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "phase", rename_all = "camelCase")]
+#[serde(
+    tag = "phase",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Phase {
     /// Preparing (artifact download) or started and not yet ready.
     Starting,
@@ -68,6 +72,7 @@ pub enum Phase {
 
 /// An instance as the runtime observes it now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Instance {
     pub id: InstanceId,
     pub app: String,
@@ -117,6 +122,14 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// The instance spec cannot be run as given (empty command, an application name that is
+    /// not usable as a file name).
+    #[error("invalid instance spec: {0}")]
+    InvalidSpec(String),
+    /// [`local::LocalRuntime::shutdown`] was called; open the runtime again to manage
+    /// instances.
+    #[error("the runtime was shut down; open it again to manage instances")]
+    ShutDown,
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -135,8 +148,10 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Stops an instance gracefully (SIGTERM, grace period, SIGKILL to its whole process
     /// group) and forgets it. Idempotent: stopping an unknown instance is `Ok`.
-    fn stop(&self, id: &InstanceId)
-        -> impl std::future::Future<Output = Result<(), RuntimeError>> + Send;
+    fn stop(
+        &self,
+        id: &InstanceId,
+    ) -> impl std::future::Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Events since the last call (restarts, crash loops, adoptions), oldest first.
     fn drain_events(&self) -> Vec<RuntimeEvent>;

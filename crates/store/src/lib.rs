@@ -145,15 +145,14 @@ impl Store {
         let mut out = Vec::with_capacity(records.len());
         {
             let mut table = txn.open_table(AUDIT).map_err(db_err)?;
-            let mut next = match table.last().map_err(db_err)? {
+            let first = match table.last().map_err(db_err)? {
                 Some((k, _)) => k.value() + 1,
                 None => 1,
             };
-            for mut rec in records {
-                rec.seq = next;
+            for (seq, mut rec) in (first..).zip(records) {
+                rec.seq = seq;
                 let json = serde_json::to_string(&rec).map_err(db_err)?;
-                table.insert(next, json.as_str()).map_err(db_err)?;
-                next += 1;
+                table.insert(seq, json.as_str()).map_err(db_err)?;
                 out.push(rec);
             }
         }

@@ -1,0 +1,73 @@
+//! Shared pieces of the benchmarks: Git fixtures, statistics and peak memory.
+//!
+//! Each benchmark is a binary in `src/bin/` that runs Gauntlet (and, where one runs here, the
+//! anchor) on this machine in the same run and prints its figures next to the anchor's, with
+//! the ratio. Nothing here asserts on time: benchmarks measure, tests check behaviour.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// Runs git in `repo` with a fixed identity; returns trimmed stdout.
+pub fn git(repo: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args([
+            "-c",
+            "user.name=Bench",
+            "-c",
+            "user.email=bench@example.com",
+        ])
+        .args(args)
+        .output()
+        .context("running git")?;
+    if !out.status.success() {
+        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Peak resident memory of this process so far (VmHWM), in bytes.
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// The `q` quantile (0..=1) of `samples` by nearest rank.
+pub fn quantile(samples: &[Duration], q: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut s = samples.to_vec();
+    s.sort();
+    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    s[rank - 1]
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_uses_the_nearest_rank() {
+        let s: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile(&s, 0.5), Duration::from_millis(50));
+        assert_eq!(quantile(&s, 0.99), Duration::from_millis(99));
+        assert_eq!(quantile(&s, 1.0), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,448 @@
+//! `gauntlet demo`: the whole GitOps loop on a temporary repository, stage by stage.
+//!
+//! It creates a Git repository with one application, starts a real controller process
+//! (`gauntlet up`) on it, and then, each time by committing to Git and waiting for the
+//! controller to converge: deploys v1, replaces it with v2, shows a malformed commit rejected
+//! with its file:line error while v2 keeps serving, kills an instance and watches it heal, and
+//! removes the application and watches it pruned. Every stage is checked against what really
+//! runs (HTTP answers, process ids); the demo exits 0 only if every stage behaved.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use gauntlet_reconcile::{AppStatus, Health, Status};
+use gauntlet_store::AuditRecord;
+
+use crate::client::Client;
+use crate::commands::print_status;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Leave the controller and the application running at the end (v2 is restored).
+    #[arg(long)]
+    keep: bool,
+    /// Where to create the repository and state (default: a new temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+const APP: &str = "hello";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn run(args: DemoArgs) -> Result<ExitCode> {
+    let root = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("gauntlet-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let mut demo = Demo::start(&root)?;
+    let result = demo.stages();
+    match (&result, args.keep) {
+        (Ok(()), true) => {
+            demo.restore()?;
+            println!(
+                "\nThe controller keeps running (pid {}). Try:",
+                demo.controller.id()
+            );
+            let sd = demo.state.display();
+            println!("  gauntlet --state-dir {sd} status");
+            println!("  gauntlet --state-dir {sd} history {APP}");
+            println!("  gauntlet --state-dir {sd} logs {APP}");
+            println!(
+                "  (edit {} and commit; then gauntlet --state-dir {sd} sync)",
+                demo.repo.join("apps/hello.yaml").display()
+            );
+            println!("  gauntlet --state-dir {sd} down --stop-instances");
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => demo.stop(),
+    }
+    match result {
+        Ok(()) => {
+            if args.dir.is_none() {
+                let _ = std::fs::remove_dir_all(&root);
+            }
+            println!("\ndemo passed: every stage behaved");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("\ndemo FAILED: {e:#}");
+            eprintln!("controller log: {}", demo.log.display());
+            if let Ok(log) = std::fs::read_to_string(&demo.log) {
+                for line in log
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
+                    eprintln!("  | {line}");
+                }
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+struct Demo {
+    repo: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+    controller: Child,
+    client: Client,
+}
+
+impl Demo {
+    fn start(root: &Path) -> Result<Demo> {
+        let repo = root.join("repo");
+        let state = root.join("state");
+        let log = root.join("controller.log");
+        std::fs::create_dir_all(repo.join("apps"))?;
+        git(&repo, &["init", "-q", "-b", "main"])?;
+        stage("Setup", &format!("a Git repository at {}", repo.display()));
+        write_app(&repo, "v1", 2, false)?;
+        git(&repo, &["add", "-A"])?;
+        git(&repo, &["commit", "-q", "-m", "Deploy hello v1"])?;
+
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+            l.local_addr()?
+        };
+        let exe = std::env::current_exe().context("locating the gauntlet binary")?;
+        let log_file = std::fs::File::create(&log)?;
+        let controller = Command::new(&exe)
+            .args(["up", "--repo"])
+            .arg(&repo)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--listen", &addr.to_string(), "--interval", "1s"])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("starting the controller")?;
+        println!(
+            "  controller pid {} on http://{addr}, state in {}",
+            controller.id(),
+            state.display()
+        );
+        let token = wait_for("the controller's token", || {
+            Ok(std::fs::read_to_string(state.join("token"))
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()))
+        })?;
+        let client = Client::new(&addr.to_string(), token)?;
+        Ok(Demo {
+            repo,
+            state,
+            log,
+            controller,
+            client,
+        })
+    }
+
+    fn stages(&mut self) -> Result<()> {
+        // 1. v1
+        stage("1/5", "v1 is deployed from the first commit");
+        let c1 = head(&self.repo)?;
+        let app = self.wait_app("v1 healthy with 2 ready instances", |s, a| {
+            applied(s) == c1 && a.health == Health::Healthy && a.ready == 2
+        })?;
+        self.check_answers(&app, "v1")?;
+        let rev1 = app.revision.clone();
+
+        // 2. v2
+        stage(
+            "2/5",
+            "v2 is committed and replaces v1 (new instances ready before old stop)",
+        );
+        write_app(&self.repo, "v2", 2, false)?;
+        git(&self.repo, &["commit", "-qam", "Release hello v2"])?;
+        let c2 = head(&self.repo)?;
+        self.sync()?;
+        let app = self.wait_app("v2 healthy, v1 instances gone", |s, a| {
+            applied(s) == c2
+                && a.health == Health::Healthy
+                && a.revision != rev1
+                && a.instances.len() == 2
+                && a.instances.iter().all(|i| i.revision == a.revision)
+        })?;
+        self.check_answers(&app, "v2")?;
+        println!("  revision {rev1} -> {}", app.revision);
+
+        // 3. malformed commit
+        stage("3/5", "a malformed commit is rejected; v2 keeps running");
+        write_app(&self.repo, "v3", 2, true)?;
+        git(&self.repo, &["commit", "-qam", "Typo in the manifest"])?;
+        let c3 = head(&self.repo)?;
+        self.sync()?;
+        let status = self.wait_status("the commit rejected", |s| {
+            s.source
+                .rejected
+                .as_ref()
+                .is_some_and(|r| r.commit.sha == c3)
+        })?;
+        let errors = status
+            .source
+            .rejected
+            .as_ref()
+            .map(|r| r.errors.clone())
+            .unwrap_or_default();
+        for e in &errors {
+            println!("  rejected: {e}");
+        }
+        if !errors.iter().any(|e| e.starts_with("apps/hello.yaml:")) {
+            bail!("the rejection does not name apps/hello.yaml with a line: {errors:?}");
+        }
+        if applied(&status) != c2 {
+            bail!("the applied commit moved away from v2");
+        }
+        let app = find(&status, APP)?;
+        self.check_answers(&app, "v2")?;
+
+        // Repair the manifest so the next stages start from a valid head.
+        write_app(&self.repo, "v2", 2, false)?;
+        git(&self.repo, &["commit", "-qam", "Fix the manifest"])?;
+        self.sync()?;
+
+        // 4. self-heal
+        stage("4/5", "an instance is killed with SIGKILL and healed");
+        let victim = app
+            .instances
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow!("no instance to kill"))?;
+        let pid = victim.pid.ok_or_else(|| anyhow!("instance has no pid"))?;
+        println!("  kill -9 {pid} ({})", victim.id);
+        // SAFETY: kill(2) with a pid we read from the controller; no memory is involved.
+        if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
+            bail!("kill {pid}: {}", std::io::Error::last_os_error());
+        }
+        let app = self.wait_app("the killed instance restarted and ready", |_, a| {
+            a.health == Health::Healthy
+                && a.instances
+                    .iter()
+                    .any(|i| i.id == victim.id && i.pid.is_some_and(|p| p != pid) && i.is_ready())
+        })?;
+        if let Some(i) = app.instances.iter().find(|i| i.id == victim.id) {
+            println!(
+                "  {} is back: pid {}, restarts {}",
+                i.id,
+                i.pid.unwrap_or(0),
+                i.restarts
+            );
+        }
+        self.check_answers(&app, "v2")?;
+
+        // 5. prune
+        stage("5/5", "the application is removed from Git and pruned");
+        let pids: Vec<u32> = app.instances.iter().filter_map(|i| i.pid).collect();
+        git(&self.repo, &["rm", "-q", "apps/hello.yaml"])?;
+        git(&self.repo, &["commit", "-qm", "Remove hello"])?;
+        let c5 = head(&self.repo)?;
+        self.sync()?;
+        self.wait_status("hello pruned and its processes gone", |s| {
+            applied(s) == c5 && s.apps.is_empty() && pids.iter().all(|p| !alive(*p))
+        })?;
+        println!("  processes {pids:?} are gone");
+
+        println!("\n--- gauntlet history {APP} ---");
+        let records: Vec<AuditRecord> = self
+            .client
+            .get(&format!("/api/v1/history?app={APP}&limit=40"))?;
+        for r in records {
+            println!("  {:<18} {:<8} {}", r.actor.to_string(), r.action, r.reason);
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self) -> Result<()> {
+        write_app(&self.repo, "v2", 2, false)?;
+        git(&self.repo, &["add", "-A"])?;
+        git(&self.repo, &["commit", "-qm", "Restore hello v2"])?;
+        self.sync()?;
+        let status = self.wait_status("hello restored", |s| {
+            s.apps
+                .iter()
+                .any(|a| a.name == APP && a.health == Health::Healthy)
+        })?;
+        println!();
+        print_status(&mut std::io::stdout(), &status)?;
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        let _: Result<serde_json::Value> = self.client.post(
+            "/api/v1/shutdown",
+            serde_json::json!({"stopInstances": true}),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.controller.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = self.controller.kill();
+                    let _ = self.controller.wait();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn sync(&self) -> Result<()> {
+        let _: Status = self.client.post("/api/v1/sync", serde_json::json!({}))?;
+        Ok(())
+    }
+
+    fn wait_status(&self, what: &str, ok: impl Fn(&Status) -> bool) -> Result<Status> {
+        let start = Instant::now();
+        let s = wait_for(what, || {
+            let s: Status = self.client.get("/api/v1/status")?;
+            Ok(ok(&s).then_some(s))
+        })?;
+        println!("  ok: {what} ({:.1}s)", start.elapsed().as_secs_f64());
+        Ok(s)
+    }
+
+    fn wait_app(&self, what: &str, ok: impl Fn(&Status, &AppStatus) -> bool) -> Result<AppStatus> {
+        let s = self.wait_status(what, |s| s.apps.iter().any(|a| a.name == APP && ok(s, a)))?;
+        find(&s, APP)
+    }
+
+    /// Every instance answers `GET /` with `version`.
+    fn check_answers(&self, app: &AppStatus, version: &str) -> Result<()> {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        for i in &app.instances {
+            let url = format!("http://127.0.0.1:{}/", i.port);
+            let body = http
+                .get(&url)
+                .send()
+                .and_then(|r| r.text())
+                .with_context(|| format!("GET {url}"))?;
+            if body.trim() != version {
+                bail!("{url} answered {:?}, expected {version}", body.trim());
+            }
+            println!("  GET {url} -> {}", body.trim());
+        }
+        Ok(())
+    }
+}
+
+fn stage(n: &str, what: &str) {
+    println!("\n==> {n}: {what}");
+}
+
+fn applied(s: &Status) -> String {
+    s.source
+        .applied
+        .as_ref()
+        .map(|c| c.sha.clone())
+        .unwrap_or_default()
+}
+
+fn find(s: &Status, name: &str) -> Result<AppStatus> {
+    s.apps
+        .iter()
+        .find(|a| a.name == name)
+        .cloned()
+        .ok_or_else(|| anyhow!("{name} is not in the status"))
+}
+
+fn alive(pid: u32) -> bool {
+    // Zombies count as gone: their /proc state is Z.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut last_err = None;
+    loop {
+        match probe() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "timed out after {}s waiting for {what}{}",
+                DEADLINE.as_secs(),
+                last_err
+                    .map(|e| format!(" (last error: {e:#})"))
+                    .unwrap_or_default()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn write_app(repo: &Path, version: &str, replicas: u32, typo: bool) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let command_key = if typo { "comand" } else { "command" };
+    let yaml = format!(
+        r#"# The demo application: `gauntlet demo-app`, answering its version on GET /.
+apiVersion: gauntlet.dev/v1alpha1
+kind: Application
+metadata:
+  name: {APP}
+spec:
+  replicas: {replicas}
+  process:
+    {command_key}: ["{exe}", "demo-app"]
+    args: ["--listen", "127.0.0.1:${{PORT}}", "--version", "{version}"]
+  readiness:
+    httpGet: {{path: /healthz}}
+    periodSeconds: 1
+"#,
+        exe = exe.display()
+    );
+    std::fs::write(repo.join("apps/hello.yaml"), yaml)?;
+    Ok(())
+}
+
+fn git(repo: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args([
+            "-c",
+            "user.name=Gauntlet Demo",
+            "-c",
+            "user.email=demo@gauntlet.dev",
+        ])
+        .args(args)
+        .output()
+        .context("running git (is it installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn head(repo: &Path) -> Result<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["rev-parse", "HEAD"])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}

@@ -1,0 +1,94 @@
+//! What the controller reports: the source's state and each application's sync and health.
+//! These are the API's response bodies, so every field name is part of the public contract.
+
+use gauntlet_runtime::Instance;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{Health, SyncStatus};
+
+/// A commit as applied or rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitInfo {
+    pub sha: String,
+    pub message: String,
+    pub author: String,
+}
+
+/// A commit that failed validation and was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rejected {
+    pub commit: CommitInfo,
+    /// One `file:line:column: field: message` per problem.
+    pub errors: Vec<String>,
+}
+
+/// The Git source as last seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    pub repo: String,
+    pub reference: String,
+    pub path: String,
+    /// The last commit that was validated and applied.
+    pub applied: Option<CommitInfo>,
+    /// The newest commit seen that failed validation, if it is still the remote head.
+    pub rejected: Option<Rejected>,
+    /// The last fetch error; `None` once a fetch succeeds again.
+    pub error: Option<String>,
+    /// Consecutive failed fetches (drives the retry backoff).
+    pub failures: u32,
+    /// Unix milliseconds of the last fetch attempt and of the next scheduled one.
+    pub last_check_ms: u64,
+    pub next_check_ms: u64,
+}
+
+/// One application, as `gauntlet status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppStatus {
+    pub name: String,
+    /// The commit the desired state came from.
+    pub commit: String,
+    /// The desired revision (hash of the workload).
+    pub revision: String,
+    pub replicas: usize,
+    pub ready: usize,
+    pub sync: SyncStatus,
+    pub health: Health,
+    /// `service.listen`, if any.
+    pub service: Option<String>,
+    /// A problem the controller cannot fix by itself (a start error, a port taken by a
+    /// process Gauntlet did not start).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    pub instances: Vec<Instance>,
+}
+
+/// The whole controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub source: SourceStatus,
+    pub apps: Vec<AppStatus>,
+}
+
+/// What applying the remote head would change, as `gauntlet diff` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Diff {
+    pub commit: CommitInfo,
+    /// Validation errors: non-empty means the commit would be rejected.
+    pub errors: Vec<String>,
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    pub app: String,
+    /// `create`, `update`, `scale`, `prune`, `retire`.
+    pub action: String,
+    pub detail: String,
+}
