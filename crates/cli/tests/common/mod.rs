@@ -269,14 +269,24 @@ impl Controller {
             .cloned()
     }
 
-    /// Waits until `name` is Healthy with `ready` instances, all of one revision, and returns it.
+    /// Waits until `name`, judged against the applied commit, is Healthy with `ready`
+    /// instances, all of one revision, and returns it.
     pub fn wait_healthy(&self, name: &str, ready: u64) -> Value {
         wait_until(&format!("{name} healthy with {ready} ready"), || {
-            self.app(name).filter(|a| {
-                a["health"]["status"] == "Healthy"
-                    && a["ready"] == ready
-                    && a["instances"].as_array().unwrap().len() as u64 == ready
-            })
+            let s = self.status();
+            let applied = s["source"]["applied"]["sha"].clone();
+            s["apps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["name"] == name)
+                .cloned()
+                .filter(|a| {
+                    a["commit"] == applied
+                        && a["health"]["status"] == "Healthy"
+                        && a["ready"] == ready
+                        && a["instances"].as_array().unwrap().len() as u64 == ready
+                })
         })
     }
 

@@ -197,15 +197,7 @@ impl Supervisor {
             } else {
                 Phase::Starting
             };
-            self.rt.update(&self.id, |slot| {
-                slot.instance.pid = None;
-                slot.start_time = None;
-                if slot.instance.phase != Phase::Stopping {
-                    slot.instance.phase = phase;
-                }
-            });
-            self.rt.persist_or_warn();
-            tracing::info!(instance = %self.id, pid, %how, "instance process ended");
+            // Queue the event before the phase shows, so whoever sees the crash loop finds it.
             if restart.entered_crash_loop {
                 self.emit(
                     "crashloop",
@@ -216,6 +208,15 @@ impl Supervisor {
                     ),
                 );
             }
+            self.rt.update(&self.id, |slot| {
+                slot.instance.pid = None;
+                slot.start_time = None;
+                if slot.instance.phase != Phase::Stopping {
+                    slot.instance.phase = phase;
+                }
+            });
+            self.rt.persist_or_warn();
+            tracing::info!(instance = %self.id, pid, %how, "instance process ended");
             previous_exit = Some(how);
             match self.sleep(restart.delay).await {
                 Wake::Elapsed => {}
