@@ -64,7 +64,10 @@ async fn main() -> Result<()> {
     let snapshot = source.fetch(&head).await?;
     let fetched = t.elapsed();
     let t1 = Instant::now();
-    let desired = gauntlet_spec::parse(&snapshot.files).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut parser = gauntlet_spec::Parser::default();
+    let desired = parser
+        .parse(&snapshot.files)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let parsed = t1.elapsed();
     let t2 = Instant::now();
     let first = plan(&desired, &runtime.instances());
@@ -89,7 +92,9 @@ async fn main() -> Result<()> {
     let snapshot = source.fetch(&head).await?;
     let refetched = t.elapsed();
     let t1 = Instant::now();
-    let desired2 = gauntlet_spec::parse(&snapshot.files).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let desired2 = parser
+        .parse(&snapshot.files)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let reparsed = t1.elapsed();
     let t2 = Instant::now();
     let second = plan(&desired2, &runtime.instances());

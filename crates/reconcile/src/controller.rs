@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use gauntlet_runtime::{InstanceId, Runtime, RuntimeEvent};
 use gauntlet_source::{GitSource, SourceConfig};
-use gauntlet_spec::{DesiredState, SourceFile};
+use gauntlet_spec::{DesiredState, Parser, SourceFile};
 use gauntlet_store::{now_ms, Actor, AuditRecord, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
@@ -88,6 +88,8 @@ struct Inner<R> {
     reconcile_started: AtomicU64,
     reconciled: watch::Sender<u64>,
     stopping: Mutex<HashSet<InstanceId>>,
+    /// Remembers parsed files, so a commit re-reads only the files it changed.
+    parser: Mutex<Parser>,
 }
 
 /// A handle to the controller; cheap to clone.
@@ -115,10 +117,11 @@ impl<R: Runtime + Clone> Controller<R> {
             },
             ..State::default()
         };
+        let mut parser = Parser::default();
         match store.get::<StoredSnapshot>(SNAPSHOT_KEY) {
             Ok(Some(snap)) => {
                 let files = to_source_files(&snap.files);
-                match gauntlet_spec::parse(&files) {
+                match parser.parse(&files) {
                     Ok(desired) => {
                         state.desired = Some(Arc::new(desired));
                         state.seen_head = Some(snap.commit.sha.clone());
@@ -144,6 +147,7 @@ impl<R: Runtime + Clone> Controller<R> {
                 reconcile_started: AtomicU64::new(0),
                 reconciled: watch::channel(0).0,
                 stopping: Mutex::new(HashSet::new()),
+                parser: Mutex::new(parser),
             }),
         }
     }
@@ -299,7 +303,8 @@ impl<R: Runtime + Clone> Controller<R> {
             message: snapshot.message.clone(),
             author: snapshot.author.clone(),
         };
-        match gauntlet_spec::parse(&snapshot.files) {
+        let parsed = lock(&self.inner.parser).parse(&snapshot.files);
+        match parsed {
             Ok(desired) => {
                 let stored = StoredSnapshot {
                     commit: commit.clone(),

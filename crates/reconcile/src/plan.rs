@@ -131,7 +131,7 @@ pub fn plan(desired: &DesiredState, observed: &[Instance]) -> Plan {
             continue;
         };
         let app = &located.value;
-        let revision = app.revision();
+        let revision = located.revision.clone();
         let replicas = app.spec.replicas as usize;
         let live: Vec<&Instance> = by_app
             .get(name.as_str())

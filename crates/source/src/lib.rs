@@ -84,6 +84,8 @@ pub struct GitSource {
     git: Git,
     /// Serializes git operations on `cache_dir` across all sources of this process.
     cache_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The last snapshot's file contents by object id, so the next reads only what changed.
+    blobs: tokio::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<str>>>,
 }
 
 impl GitSource {
@@ -97,6 +99,7 @@ impl GitSource {
         GitSource {
             reference: Reference::parse(&config.reference),
             cache_lock: mirror::lock_for(&config.cache_dir),
+            blobs: Default::default(),
             git,
             config,
         }
@@ -160,7 +163,9 @@ impl GitSource {
             auth.as_ref(),
         )
         .await?;
-        let snapshot = mirror::read_snapshot(&self.git, &commit, sub_path.as_deref()).await?;
+        let mut blobs = self.blobs.lock().await;
+        let snapshot =
+            mirror::read_snapshot(&self.git, &commit, sub_path.as_deref(), &mut blobs).await?;
         tracing::debug!(repo = %self.git.repo_display, %commit, files = snapshot.files.len(), "snapshot read");
         Ok(snapshot)
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use crate::auth::ResolvedAuth;
 use crate::git::Git;
 use crate::reference::{self, Reference};
-use crate::snapshot::{self, Snapshot, SourceFile};
+use crate::snapshot::{self, Snapshot, SourceFile, TreeFile};
 use crate::SourceError;
 
 /// Where the commit being read is pinned.
@@ -162,10 +162,15 @@ pub(crate) async fn ensure_commit(
 }
 
 /// Reads the commit's metadata and the manifests under `sub_path` from the cache.
+///
+/// `blobs` holds the contents of the previous snapshot's files by object id: only objects not
+/// in it are read, so a commit that changes one file of ten thousand reads one blob. On
+/// success it holds exactly this snapshot's files.
 pub(crate) async fn read_snapshot(
     git: &Git,
     commit: &str,
     sub_path: Option<&str>,
+    blobs: &mut HashMap<String, Arc<str>>,
 ) -> Result<Snapshot, SourceError> {
     let mut args = vec!["--literal-pathspecs", "ls-tree", "-r", "-l", "-z", commit];
     if let Some(path) = sub_path {
@@ -184,7 +189,11 @@ pub(crate) async fn read_snapshot(
     }
 
     let mut request = format!("{commit}\n");
-    for entry in &entries {
+    let wanted: Vec<&TreeFile> = entries
+        .iter()
+        .filter(|e| !blobs.contains_key(&e.object))
+        .collect();
+    for entry in &wanted {
         request.push_str(&entry.object);
         request.push('\n');
     }
@@ -204,21 +213,31 @@ pub(crate) async fn read_snapshot(
         Some(object) if object.kind == "commit" => snapshot::parse_commit(object.content),
         _ => return Err(missing(&format!("commit {commit}"))),
     };
-    let mut files = Vec::with_capacity(entries.len());
-    for entry in entries {
+    let mut read: HashMap<String, Arc<str>> = HashMap::with_capacity(entries.len());
+    for entry in wanted {
         let Some(object) = objects.next().flatten() else {
             return Err(missing(&entry.path));
         };
-        let contents =
-            String::from_utf8(object.content.to_vec()).map_err(|_| SourceError::NotUtf8 {
-                commit: commit.to_string(),
-                path: entry.path.clone(),
-            })?;
+        let contents = std::str::from_utf8(object.content).map_err(|_| SourceError::NotUtf8 {
+            commit: commit.to_string(),
+            path: entry.path.clone(),
+        })?;
+        read.insert(entry.object.clone(), Arc::from(contents));
+    }
+    let mut files = Vec::with_capacity(entries.len());
+    let mut kept = HashMap::with_capacity(entries.len());
+    for entry in entries {
+        let contents = match read.get(&entry.object).or_else(|| blobs.get(&entry.object)) {
+            Some(c) => c.clone(),
+            None => return Err(missing(&entry.path)),
+        };
         files.push(SourceFile {
             path: entry.path,
-            contents,
+            contents: contents.to_string(),
         });
+        kept.insert(entry.object, contents);
     }
+    *blobs = kept;
     Ok(Snapshot {
         commit: commit.to_string(),
         message,

@@ -42,9 +42,9 @@ pub use diagnostic::{Diagnostic, Diagnostics, Located, Origin};
 pub use document::{Document, Kind};
 pub use files::read_dir;
 pub use model::*;
-pub use parse::{parse, SourceFile};
+pub use parse::{parse, Parser, SourceFile};
 pub use schema::schema;
-pub use state::DesiredState;
+pub use state::{Declared, DesiredState};
 pub use validate::MAX_REPLICAS;
 
 /// Replaces every `${PORT}` in `s` with `port`.

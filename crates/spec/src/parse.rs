@@ -11,11 +11,14 @@ use serde::Deserialize;
 use serde_path_to_error::Segment;
 use serde_saphyr::{MessageFormatter, Spanned, UserMessageFormatter};
 
-use crate::diagnostic::{Diagnostic, Diagnostics, Located, Origin};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::diagnostic::{Diagnostic, Diagnostics, Origin};
 use crate::document::{known_kinds, Document, Kind};
 use crate::fields::FieldIndex;
 use crate::model::API_VERSION;
-use crate::state::DesiredState;
+use crate::state::{Declared, DesiredState};
 use crate::validate;
 
 /// One file of a source tree; `path` is relative to the tree root, '/'-separated.
@@ -40,51 +43,119 @@ pub struct SourceFile {
 /// assert_eq!(state.applications["web"].origin.line, 1);
 /// ```
 pub fn parse(files: &[SourceFile]) -> Result<DesiredState, Diagnostics> {
-    let mut diagnostics = Vec::new();
+    Parser::default().parse(files)
+}
+
+/// A parser that remembers each file's documents, so a commit that changes one file of ten
+/// thousand re-reads one file. The whole-tree checks (unique names and addresses, the
+/// `dependsOn` graph) still run over every document, so the result is exactly [`parse`]'s.
+#[derive(Default)]
+pub struct Parser {
+    files: HashMap<String, Arc<FileParse>>,
+}
+
+/// What one file's text parsed to.
+struct FileParse {
+    contents: String,
+    applications: Vec<Arc<Parsed>>,
+    /// Documents that could not be read.
+    problems: Vec<Diagnostic>,
+    /// Documents that were read but are invalid on their own.
+    invalid: Vec<Diagnostic>,
+}
+
+impl Parser {
+    /// Parses and validates a whole tree, reusing what it read of unchanged files.
+    pub fn parse(&mut self, files: &[SourceFile]) -> Result<DesiredState, Diagnostics> {
+        let mut seen = HashMap::with_capacity(files.len());
+        let mut diagnostics = Vec::new();
+        let mut invalid = Vec::new();
+        let mut applications: Vec<Arc<Parsed>> = Vec::new();
+        for file in files {
+            let parsed = match self.files.get(&file.path) {
+                Some(cached) if cached.contents == file.contents => cached.clone(),
+                _ => Arc::new(parse_file(file)),
+            };
+            applications.extend(parsed.applications.iter().cloned());
+            diagnostics.extend(parsed.problems.iter().cloned());
+            invalid.extend(parsed.invalid.iter().cloned());
+            seen.insert(file.path.clone(), parsed);
+        }
+        // Forget files that are gone, so the cache is exactly the last tree.
+        self.files = seen;
+        let complete = diagnostics.is_empty();
+        diagnostics.append(&mut invalid);
+        diagnostics.extend(validate::applications(&applications, complete));
+        if !diagnostics.is_empty() {
+            diagnostics.sort();
+            return Err(Diagnostics(diagnostics));
+        }
+        let applications = applications
+            .iter()
+            .map(|parsed| (parsed.app.value.name().to_string(), parsed.app.clone()))
+            .collect();
+        Ok(DesiredState { applications })
+    }
+}
+
+fn parse_file(file: &SourceFile) -> FileParse {
     let mut applications = Vec::new();
-    for file in files {
-        for chunk in split_documents(&file.contents) {
-            match read_document(&file.path, &chunk) {
-                Ok(Some(Document::Application(app))) => applications.push(Parsed {
-                    located: Located {
+    let mut problems = Vec::new();
+    let mut invalid = Vec::new();
+    for chunk in split_documents(&file.contents) {
+        match read_document(&file.path, &chunk) {
+            Ok(Some(Document::Application(app))) => {
+                let revision = app.revision();
+                let parsed = Parsed {
+                    app: Arc::new(Declared {
                         value: app,
                         origin: chunk.origin(&file.path),
-                    },
-                    fields: FieldIndex::read(&chunk),
-                }),
-                Ok(None) => {}
-                Err(mut problems) => diagnostics.append(&mut problems),
+                        revision,
+                    }),
+                    text: chunk.text.to_string(),
+                    line_offset: chunk.line_offset,
+                    first_line: chunk.first_line,
+                };
+                invalid.extend(validate::document(&parsed));
+                applications.push(Arc::new(parsed));
             }
+            Ok(None) => {}
+            Err(mut found) => problems.append(&mut found),
         }
     }
-    let complete = diagnostics.is_empty();
-    diagnostics.extend(validate::applications(&applications, complete));
-    if !diagnostics.is_empty() {
-        diagnostics.sort();
-        return Err(Diagnostics(diagnostics));
+    FileParse {
+        contents: file.contents.clone(),
+        applications,
+        problems,
+        invalid,
     }
-    let applications = applications
-        .into_iter()
-        .map(|parsed| (parsed.located.value.name().to_string(), parsed.located))
-        .collect();
-    Ok(DesiredState { applications })
 }
 
-/// A document that parsed, with the positions of its fields for later diagnostics.
-pub(crate) struct Parsed<T> {
-    pub located: Located<T>,
-    pub fields: FieldIndex,
+/// A document that parsed, with its text kept to place later diagnostics at a field.
+pub(crate) struct Parsed {
+    pub app: Arc<Declared>,
+    text: String,
+    line_offset: usize,
+    first_line: usize,
 }
 
-impl<T> Parsed<T> {
+impl Parsed {
     /// A diagnostic about `path`, at the field's position when known, else at the document.
+    ///
+    /// Field positions are read only here, when there is a problem to place: valid documents
+    /// (nearly all of them) are never read a third time.
     pub(crate) fn diagnostic(&self, path: &str, message: impl ToString) -> Diagnostic {
-        let (line, column) = match self.fields.position(path) {
+        let chunk = Chunk {
+            text: &self.text,
+            line_offset: self.line_offset,
+            first_line: self.first_line,
+        };
+        let (line, column) = match FieldIndex::read(&chunk).position(path) {
             Some(position) => (position.line, position.column),
-            None => (self.located.origin.line, 1),
+            None => (self.app.origin.line, 1),
         };
         Diagnostic {
-            file: self.located.origin.file.clone(),
+            file: self.app.origin.file.clone(),
             line,
             column,
             field: Some(path.to_string()),
@@ -425,6 +496,33 @@ spec:
             path: path.to_string(),
             contents: contents.to_string(),
         }
+    }
+
+    #[test]
+    fn a_reused_parser_gives_exactly_what_a_fresh_parse_gives() {
+        let other = APP.replace("checkout", "cart");
+        let mut parser = Parser::default();
+        let tree1 = [file("a.yaml", APP), file("b.yaml", &other)];
+        assert_eq!(parser.parse(&tree1), parse(&tree1));
+
+        // One file changes, one is removed, one is added: the cache must not leak the old ones.
+        let changed = APP.replace("[checkout]", "[checkout, --v2]");
+        let tree2 = [
+            file("a.yaml", &changed),
+            file("c.yaml", &other.replace("cart", "pay")),
+        ];
+        let reused = parser.parse(&tree2).unwrap();
+        assert_eq!(reused, parse(&tree2).unwrap());
+        assert!(!reused.applications.contains_key("cart"));
+        assert_ne!(
+            reused.applications["checkout"].revision,
+            parse(&tree1).unwrap().applications["checkout"].revision
+        );
+
+        // An invalid file is reported on every parse, not only the first.
+        let bad = [file("a.yaml", &APP.replace("command", "comand"))];
+        assert!(parser.parse(&bad).is_err());
+        assert_eq!(parser.parse(&bad), parse(&bad));
     }
 
     fn errors(contents: &str) -> Vec<Diagnostic> {

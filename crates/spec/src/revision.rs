@@ -92,7 +92,7 @@ mod tests {
         }];
         match parse(&files) {
             Ok(mut state) => match state.applications.remove("web") {
-                Some(app) => app.value,
+                Some(app) => app.value.clone(),
                 None => panic!("no app"),
             },
             Err(e) => panic!("{e}"),

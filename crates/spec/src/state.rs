@@ -5,13 +5,26 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::diagnostic::Located;
+use std::sync::Arc;
+
+use crate::diagnostic::Origin;
 use crate::model::Application;
 
-/// A whole validated tree (one commit's worth of manifests).
+/// An application as one commit declares it: the manifest, where it is, and its revision
+/// (computed once when the document is read, since every plan needs it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    pub value: Application,
+    pub origin: Origin,
+    /// [`Application::revision`] of `value`.
+    pub revision: String,
+}
+
+/// A whole validated tree (one commit's worth of manifests). Applications are shared with the
+/// parser's cache, so the next commit's state reuses what did not change.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DesiredState {
-    pub applications: BTreeMap<String, Located<Application>>,
+    pub applications: BTreeMap<String, Arc<Declared>>,
 }
 
 impl DesiredState {
@@ -100,7 +113,15 @@ mod tests {
                     file: format!("{name}.yaml"),
                     line: 1,
                 };
-                (name.to_string(), Located { value: app, origin })
+                let revision = app.revision();
+                (
+                    name.to_string(),
+                    Arc::new(Declared {
+                        value: app,
+                        origin,
+                        revision,
+                    }),
+                )
             })
             .collect();
         DesiredState { applications }

@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 
 use crate::diagnostic::{Diagnostic, Origin};
 use crate::model::{Application, Probe};
+use std::sync::Arc;
+
 use crate::parse::Parsed;
 
 /// The most instances one application may ask for; more is almost surely a typo.
@@ -53,17 +55,21 @@ pub(crate) enum Invalid {
     Cycle(Vec<String>),
 }
 
-/// All problems of the applications of one tree, in document order.
+/// Problems of one document on its own. They depend on nothing else, so the parser checks
+/// each document once when it reads it and remembers the answer with the file.
+pub(crate) fn document(parsed: &Parsed) -> Vec<Diagnostic> {
+    application(&parsed.app.value)
+        .into_iter()
+        .map(|(path, problem)| parsed.diagnostic(&path, problem))
+        .collect()
+}
+
+/// The problems between the applications of one tree: names, addresses, dependencies.
 ///
 /// When some documents could not be read (`complete` is false), a `dependsOn` naming an
 /// unknown application is not reported: it may well be defined in a broken document.
-pub(crate) fn applications(apps: &[Parsed<Application>], complete: bool) -> Vec<Diagnostic> {
+pub(crate) fn applications(apps: &[Arc<Parsed>], complete: bool) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
-    for app in apps {
-        for (path, problem) in application(&app.located.value) {
-            diagnostics.push(app.diagnostic(&path, problem));
-        }
-    }
     diagnostics.extend(unique_names(apps));
     diagnostics.extend(unique_listen_addresses(apps));
     diagnostics.extend(dependencies(apps, complete));
@@ -165,11 +171,11 @@ fn is_sha256(digest: &str) -> bool {
 }
 
 /// Each name once; later definitions are reported, naming the first.
-fn unique_names(apps: &[Parsed<Application>]) -> Vec<Diagnostic> {
+fn unique_names(apps: &[Arc<Parsed>]) -> Vec<Diagnostic> {
     let mut first: BTreeMap<&str, &Origin> = BTreeMap::new();
     let mut diagnostics = Vec::new();
     for app in apps {
-        let name = app.located.value.name();
+        let name = app.app.value.name();
         match first.get(name) {
             Some(origin) => diagnostics.push(app.diagnostic(
                 "metadata.name",
@@ -179,7 +185,7 @@ fn unique_names(apps: &[Parsed<Application>]) -> Vec<Diagnostic> {
                 },
             )),
             None => {
-                first.insert(name, &app.located.origin);
+                first.insert(name, &app.app.origin);
             }
         }
     }
@@ -187,11 +193,11 @@ fn unique_names(apps: &[Parsed<Application>]) -> Vec<Diagnostic> {
 }
 
 /// Each listen address served by one application; later claimants are reported.
-fn unique_listen_addresses(apps: &[Parsed<Application>]) -> Vec<Diagnostic> {
-    let mut first: BTreeMap<SocketAddr, &Parsed<Application>> = BTreeMap::new();
+fn unique_listen_addresses(apps: &[Arc<Parsed>]) -> Vec<Diagnostic> {
+    let mut first: BTreeMap<SocketAddr, &Arc<Parsed>> = BTreeMap::new();
     let mut diagnostics = Vec::new();
     for app in apps {
-        let Some(service) = &app.located.value.spec.service else {
+        let Some(service) = &app.app.value.spec.service else {
             continue;
         };
         let Ok(address) = service.listen.parse::<SocketAddr>() else {
@@ -202,8 +208,8 @@ fn unique_listen_addresses(apps: &[Parsed<Application>]) -> Vec<Diagnostic> {
                 "spec.service.listen",
                 Invalid::ListenInUse {
                     address,
-                    other: other.located.value.name().to_string(),
-                    first: other.located.origin.clone(),
+                    other: other.app.value.name().to_string(),
+                    first: other.app.origin.clone(),
                 },
             )),
             None => {
@@ -215,16 +221,16 @@ fn unique_listen_addresses(apps: &[Parsed<Application>]) -> Vec<Diagnostic> {
 }
 
 /// `dependsOn` names existing applications other than itself, and has no cycles.
-fn dependencies(apps: &[Parsed<Application>], complete: bool) -> Vec<Diagnostic> {
-    let mut by_name: BTreeMap<&str, &Parsed<Application>> = BTreeMap::new();
+fn dependencies(apps: &[Arc<Parsed>], complete: bool) -> Vec<Diagnostic> {
+    let mut by_name: BTreeMap<&str, &Arc<Parsed>> = BTreeMap::new();
     for app in apps {
-        by_name.entry(app.located.value.name()).or_insert(app);
+        by_name.entry(app.app.value.name()).or_insert(app);
     }
     let mut diagnostics = Vec::new();
     let mut graph: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for app in apps {
-        let name = app.located.value.name();
-        for (i, dependency) in app.located.value.spec.depends_on.iter().enumerate() {
+        let name = app.app.value.name();
+        for (i, dependency) in app.app.value.spec.depends_on.iter().enumerate() {
             let path = format!("spec.dependsOn[{i}]");
             if dependency == name {
                 diagnostics.push(app.diagnostic(&path, Invalid::SelfDependency));
