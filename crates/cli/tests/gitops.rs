@@ -417,3 +417,51 @@ fn a_process_started_by_hand_on_the_service_port_is_reported() {
         .contains("did not start"));
     drop(squatter);
 }
+
+#[test]
+fn repeated_sigkill_of_the_controller_mid_update_corrupts_nothing() {
+    let repo = Repo::new();
+    repo.write("web.yaml", &app_yaml("web", "v0", 1));
+    repo.commit("v0");
+    let mut ctl = Controller::start(&repo.path().display().to_string(), &[]);
+    ctl.wait_healthy("web", 1);
+    let mut last = String::new();
+    for i in 1..=4 {
+        repo.write("web.yaml", &app_yaml("web", &format!("v{i}"), 1));
+        last = repo.commit(&format!("v{i}"));
+        // Ask for a sync and kill the controller while it is fetching, applying or starting.
+        let url = format!("http://{}/api/v1/sync", ctl.listen);
+        let token = ctl.token();
+        let asked = std::thread::spawn(move || {
+            let _ = reqwest::blocking::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .send();
+        });
+        if i % 2 == 0 {
+            // Half the time, once the commit is applied: mid-start or mid-retire.
+            wait_until("the commit applied", || {
+                (ctl.applied() == last).then_some(())
+            });
+        }
+        // Otherwise at once: somewhere between the request and the fetch's end.
+        ctl.kill9();
+        let _ = asked.join();
+        ctl.spawn();
+    }
+    let app = ctl.wait_healthy("web", 1);
+    assert_eq!(ctl.applied(), last);
+    assert_eq!(answer(instance_ports(&app)[0]).as_deref(), Some("v4"));
+    let seqs: Vec<u64> = ctl
+        .get("/api/v1/history?limit=100000")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(
+        seqs, expected,
+        "the audit log has no gaps and no torn records"
+    );
+}
