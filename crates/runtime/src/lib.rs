@@ -99,7 +99,8 @@ impl Instance {
 pub struct RuntimeEvent {
     pub app: String,
     pub instance: InstanceId,
-    /// `restarted`, `crashloop`, `adopted`, `lost`, `ready`, `unready`.
+    /// `restarted`, `crashloop`, `adopted`, `lost`, `ready`, `unready`, `orphan-stopped` (a
+    /// process of an instance the controller never recorded was stopped on open).
     pub action: String,
     pub detail: String,
 }

@@ -9,6 +9,14 @@
 //! start time) and starts a new one for each that does not. Artifacts are fetched, verified
 //! and cached by hash (`artifact.rs`).
 //!
+//! A controller can die after starting a process and before recording it. Every instance
+//! therefore carries `GAUNTLET_INSTANCE={id}` and `GAUNTLET_STATE_DIR={canonical state
+//! directory}` in its environment, and `open` scans `/proc` for them (`survivors.rs`): a
+//! recorded instance whose recorded process is gone adopts the process that carries its id
+//! instead of starting a duplicate, and a process of an instance that was never recorded is
+//! stopped (SIGTERM, [`ORPHAN_GRACE_PERIOD`], SIGKILL to its group) with an `orphan-stopped`
+//! event before `open` returns.
+//!
 //! Layout of the state directory:
 //!
 //! ```text
@@ -29,6 +37,7 @@ mod probe;
 mod process;
 mod records;
 mod supervisor;
+mod survivors;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -51,6 +60,11 @@ use supervisor::{Control, Initial, Supervisor};
 
 /// Default seconds between SIGTERM and SIGKILL when a spec does not say.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// Seconds between SIGTERM and SIGKILL for a process of an instance that was never recorded
+/// (its spec, and so its grace period, is unknown).
+pub const ORPHAN_GRACE_PERIOD: Duration = Duration::from_secs(3);
+/// Characters of the random suffix of an [`InstanceId`].
+const ID_SUFFIX_LEN: usize = 5;
 /// Lines of log shown in `Phase::CrashLoop`.
 pub const LOG_TAIL_LINES: usize = 20;
 /// Events kept when nobody drains them; the oldest are dropped first.
@@ -95,6 +109,8 @@ pub struct LocalRuntime {
 
 pub(crate) struct Inner {
     state_dir: PathBuf,
+    /// `state_dir` with symlinks resolved: what instances carry in `GAUNTLET_STATE_DIR`.
+    canonical_state_dir: PathBuf,
     records_path: PathBuf,
     options: LocalOptions,
     table: Mutex<Table>,
@@ -155,6 +171,8 @@ impl LocalRuntime {
         };
         let runtime_dir = state_dir.join("runtime");
         std::fs::create_dir_all(&runtime_dir).map_err(|e| state_error(&runtime_dir, e))?;
+        let canonical_state_dir =
+            std::fs::canonicalize(state_dir).map_err(|e| state_error(state_dir, e))?;
         let lock_path = runtime_dir.join("lock");
         let lock_file = File::create(&lock_path).map_err(|e| state_error(&lock_path, e))?;
         // SAFETY: flock on a descriptor we own.
@@ -191,6 +209,7 @@ impl LocalRuntime {
 
         let inner = Arc::new(Inner {
             state_dir: state_dir.to_path_buf(),
+            canonical_state_dir,
             records_path,
             options,
             table: Mutex::new(Table::default()),
@@ -207,36 +226,27 @@ impl LocalRuntime {
             ),
         });
 
-        let mut recovered = Vec::new();
-        for record in records {
-            let initial = match (record.pid, record.start_time) {
-                (Some(pid), Some(start)) if process::is_alive(pid, start) => Initial::Adopt {
-                    pid,
-                    start_time: start,
-                },
-                (Some(pid), _) => Initial::Lost { pid },
-                (None, _) => Initial::Fresh,
-            };
-            let adopted = matches!(initial, Initial::Adopt { .. });
+        let found = survivors::scan(&inner.canonical_state_dir);
+        let recovery = survivors::recover(&records, found, process::is_alive);
+        let runtime = LocalRuntime { inner };
+        for (record, initial) in records.into_iter().zip(recovery.initial) {
+            let running = initial.running();
             let instance = Instance {
-                id: record.id.clone(),
+                id: record.id,
                 app: record.spec.app.clone(),
                 revision: record.spec.revision.clone(),
                 port: record.port,
-                pid: record.pid.filter(|_| adopted),
+                pid: running.map(|(pid, _)| pid),
                 phase: Phase::Starting,
                 restarts: record.restarts,
                 created_ms: record.created_ms,
             };
-            let start_time = record.start_time.filter(|_| adopted);
-            recovered.push((instance, record.spec, start_time, initial));
-        }
-        let runtime = LocalRuntime { inner };
-        for (instance, spec, start_time, initial) in recovered {
-            runtime.insert_and_supervise(instance, spec, start_time, initial);
+            let start_time = running.map(|(_, start_time)| start_time);
+            runtime.insert_and_supervise(instance, record.spec, start_time, initial);
         }
         // The supervisors already run; a failed write is retried at their next change.
         runtime.inner.persist_or_warn();
+        runtime.inner.stop_orphans(recovery.orphans).await;
         Ok(runtime)
     }
 
@@ -323,13 +333,7 @@ impl LocalRuntime {
                 .inner
                 .suffix_seed
                 .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-            let suffix: String = (0..5)
-                .map(|i| {
-                    let digit = ((n >> (i * 6)) % 36) as u32;
-                    char::from_digit(digit, 36).unwrap_or('0')
-                })
-                .collect();
-            let id = InstanceId(format!("{}-{}-{suffix}", spec.app, spec.revision));
+            let id = InstanceId(format!("{}-{}-{}", spec.app, spec.revision, id_suffix(n)));
             if !table.slots.contains_key(&id) {
                 return id;
             }
@@ -355,6 +359,33 @@ impl LocalRuntime {
             "no free port on 127.0.0.1 after 20 attempts",
         )))
     }
+}
+
+/// The random part of an instance id: [`ID_SUFFIX_LEN`] base-36 digits of `n`.
+fn id_suffix(n: u64) -> String {
+    (0..ID_SUFFIX_LEN)
+        .map(|i| {
+            let digit = ((n >> (i * 6)) % 36) as u32;
+            char::from_digit(digit, 36).unwrap_or('0')
+        })
+        .collect()
+}
+
+/// Whether `id` has the shape [`LocalRuntime`] gives instance ids: `{app}-{revision}-{suffix}`
+/// with names [`check_name`] accepts and a suffix of lowercase letters and digits.
+fn is_instance_id(id: &str) -> bool {
+    let Some((name, suffix)) = id.rsplit_once('-') else {
+        return false;
+    };
+    let Some((app, revision)) = name.rsplit_once('-') else {
+        return false;
+    };
+    suffix.len() == ID_SUFFIX_LEN
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        && check_name("application", app).is_ok()
+        && check_name("revision", revision).is_ok()
 }
 
 /// Application names and revisions become file names; refuse anything that could escape the
@@ -501,6 +532,42 @@ impl Inner {
         changed
     }
 
+    /// Stops the process groups of instances that were never recorded, all at once, and
+    /// reports each one stopped.
+    async fn stop_orphans(&self, orphans: Vec<survivors::Survivor>) {
+        let mut stopping = tokio::task::JoinSet::new();
+        for orphan in orphans {
+            stopping.spawn(async move {
+                let gone =
+                    process::stop_group(orphan.pid, orphan.start_time, ORPHAN_GRACE_PERIOD).await;
+                (orphan, gone)
+            });
+        }
+        while let Some(joined) = stopping.join_next().await {
+            let Ok((orphan, gone)) = joined else {
+                continue;
+            };
+            if gone {
+                self.emit(
+                    &orphan.app,
+                    &orphan.instance,
+                    "orphan-stopped",
+                    format!(
+                        "pid {} runs as an instance that was never recorded (the controller \
+                         stopped before saving it); stopped its process group",
+                        orphan.pid
+                    ),
+                );
+            } else {
+                tracing::warn!(
+                    instance = %orphan.instance,
+                    pid = orphan.pid,
+                    "an unrecorded instance's process survived SIGKILL"
+                );
+            }
+        }
+    }
+
     fn emit(&self, app: &str, id: &InstanceId, action: &str, detail: String) {
         tracing::info!(app, instance = %id, action, %detail, "runtime event");
         let mut events = lock(&self.events);
@@ -525,6 +592,24 @@ mod tests {
         assert!(check_name("application", "checkout-2").is_ok());
         for bad in ["", ".", "..", "a/b", "a b"] {
             assert!(check_name("application", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ids_this_runtime_creates_are_recognised_and_others_are_not() {
+        for n in [0, 1, u64::MAX, 0x9E37_79B9_7F4A_7C15] {
+            let id = format!("check-out-3f2a-{}", id_suffix(n));
+            assert!(is_instance_id(&id), "{id}");
+        }
+        for bad in [
+            "",
+            "abc12",
+            "web-abc12",
+            "web-abc-ABCDE",
+            "web--abcde",
+            "a/b-c-abcde",
+        ] {
+            assert!(!is_instance_id(bad), "{bad:?}");
         }
     }
 }

@@ -390,6 +390,16 @@ async fn a_restarted_controller_adopts_the_same_process_without_a_duplicate() {
     eventually("the adopted process to die", || !is_running(pid)).await;
 }
 
+/// Rewrites `instances.json` as a controller that died at some earlier moment would have
+/// left it.
+fn edit_records(state: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = state.join("runtime/instances.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("records")).expect("json");
+    edit(&mut json);
+    std::fs::write(&path, serde_json::to_vec(&json).expect("json")).expect("write");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_whose_start_time_does_not_match_is_not_adopted() {
     let mut h = Harness::new().await;
@@ -398,19 +408,32 @@ async fn a_record_whose_start_time_does_not_match_is_not_adopted() {
             .await
             .expect("start");
     let before = h.wait_one("running", |i| i.pid.is_some()).await;
-    let old_pid = before.pid.expect("pid");
-    h.extra_pids.push(old_pid);
+    let instance_pid = before.pid.expect("pid");
     h.rt.shutdown().await;
-
-    // Pretend the pid now belongs to another process: same pid, different start time.
-    let path = h.state().join("runtime/instances.json");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("records")).expect("json");
-    let start = json["instances"][0]["startTime"]
-        .as_u64()
-        .expect("startTime");
-    json["instances"][0]["startTime"] = serde_json::json!(start + 1);
-    std::fs::write(&path, serde_json::to_vec(&json).expect("json")).expect("write");
+    // The instance's process died while no controller ran, and an unrelated process (which
+    // does not carry the instance's identity) now holds the recorded pid.
+    let _ = unsafe { libc::kill(-(instance_pid as i32), libc::SIGKILL) };
+    eventually("the instance's process to die", || {
+        !is_running(instance_pid)
+    })
+    .await;
+    let mut unrelated = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .expect("spawn an unrelated process");
+    let old_pid = unrelated.id();
+    h.extra_pids.push(old_pid);
+    edit_records(h.state(), |json| {
+        let stat = std::fs::read_to_string(format!("/proc/{old_pid}/stat")).expect("stat");
+        let start: u64 = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(19))
+            .and_then(|f| f.parse().ok())
+            .expect("start time");
+        json["instances"][0]["pid"] = serde_json::json!(old_pid);
+        json["instances"][0]["startTime"] = serde_json::json!(start + 1);
+    });
 
     h.rt = LocalRuntime::open(h.state()).await.expect("reopen");
     let after = h
@@ -424,6 +447,111 @@ async fn a_record_whose_start_time_does_not_match_is_not_adopted() {
     assert!(!actions.contains(&"adopted".to_string()), "{actions:?}");
     // The unrelated process that holds the old pid is left alone.
     assert!(is_running(old_pid));
+    with_timeout(h.rt.stop(&i.id)).await.expect("stop");
+    unrelated.kill().expect("kill the unrelated process");
+    unrelated.wait().expect("reap the unrelated process");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_started_but_never_recorded_is_adopted_instead_of_duplicated() {
+    let mut h = Harness::new().await;
+    let i =
+        h.rt.start(spec("window", &["sh", "-c", "exec sleep 1000"]))
+            .await
+            .expect("start");
+    let before = h.wait_one("running", |i| i.pid.is_some()).await;
+    let pid = before.pid.expect("pid");
+    h.extra_pids.push(pid);
+    h.rt.shutdown().await;
+    // The controller died after spawning the process and before recording its pid.
+    edit_records(h.state(), |json| {
+        json["instances"][0]["pid"] = serde_json::Value::Null;
+        json["instances"][0]["startTime"] = serde_json::Value::Null;
+    });
+
+    h.rt = LocalRuntime::open(h.state()).await.expect("reopen");
+    let after = h.wait_one("adopted and ready", |i| i.is_ready()).await;
+    assert_eq!(after.id, i.id);
+    assert_eq!(after.pid, Some(pid));
+    assert_eq!(after.port, before.port);
+    assert_eq!(after.restarts, 0);
+    let actions = h.event_actions();
+    assert!(actions.contains(&"adopted".to_string()), "{actions:?}");
+    assert!(!actions.contains(&"lost".to_string()), "{actions:?}");
+    assert_eq!(processes_of(&i.id.0), vec![pid]);
+    // Recorded again, so the next restart adopts it the ordinary way.
+    let records =
+        std::fs::read_to_string(h.state().join("runtime/instances.json")).expect("records");
+    let json: serde_json::Value = serde_json::from_str(&records).expect("json");
+    assert_eq!(json["instances"][0]["pid"].as_u64(), Some(u64::from(pid)));
+    with_timeout(h.rt.stop(&i.id)).await.expect("stop");
+    eventually("the adopted process to die", || !is_running(pid)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_of_an_instance_never_recorded_is_stopped_with_its_group() {
+    let mut h = Harness::new().await;
+    let marker = h.state().join("grandchild.pid");
+    let script = format!("sleep 1000 & echo $! > {}; wait", marker.display());
+    let i =
+        h.rt.start(spec("unrecorded", &["sh", "-c", &script]))
+            .await
+            .expect("start");
+    let running = h.wait_one("running", |i| i.pid.is_some()).await;
+    let leader = running.pid.expect("pid");
+    h.extra_pids.push(leader);
+    eventually("the grandchild's pid", || {
+        std::fs::read_to_string(&marker).is_ok_and(|s| s.trim().parse::<u32>().is_ok())
+    })
+    .await;
+    let grandchild: u32 = std::fs::read_to_string(&marker)
+        .expect("marker")
+        .trim()
+        .parse()
+        .expect("pid");
+    h.extra_pids.push(grandchild);
+    h.rt.shutdown().await;
+    // The controller died after starting the instance and before recording it at all.
+    edit_records(h.state(), |json| {
+        json["instances"] = serde_json::json!([]);
+    });
+
+    h.rt = LocalRuntime::open(h.state()).await.expect("reopen");
+    eventually("the leader to die", || !is_running(leader)).await;
+    eventually("the grandchild to die", || !is_running(grandchild)).await;
+    assert!(processes_of(&i.id.0).is_empty());
+    assert!(h.rt.instances().is_empty());
+    h.events.extend(h.rt.drain_events());
+    let stopped: Vec<&RuntimeEvent> = h
+        .events
+        .iter()
+        .filter(|e| e.action == "orphan-stopped")
+        .collect();
+    assert_eq!(stopped.len(), 1, "{:#?}", h.events);
+    assert_eq!(stopped[0].instance, i.id);
+    assert_eq!(stopped[0].app, "unrecorded");
+    assert!(
+        stopped[0].detail.contains(&leader.to_string()),
+        "{}",
+        stopped[0].detail
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_of_another_state_directory_are_left_alone() {
+    let mut h = Harness::new().await;
+    let i =
+        h.rt.start(spec("neighbour", &["sh", "-c", "exec sleep 1000"]))
+            .await
+            .expect("start");
+    let running = h.wait_one("running", |i| i.pid.is_some()).await;
+    let pid = running.pid.expect("pid");
+
+    // `open` stops orphans before it returns, so a wrongly claimed process would be gone.
+    let mut other = Harness::new().await;
+    assert!(other.event_actions().is_empty());
+    assert!(is_running(pid));
+    assert_eq!(processes_of(&i.id.0), vec![pid]);
     with_timeout(h.rt.stop(&i.id)).await.expect("stop");
 }
 

@@ -7,16 +7,30 @@
 //! reach it, and stopping it signals everything it forked. Its output goes straight to a log
 //! file opened with `O_APPEND`; there are no pipes to the controller, so the instance keeps
 //! running (and keeps logging) when the controller dies.
+//!
+//! Besides `PORT`, every instance gets `GAUNTLET_APP`, `GAUNTLET_REVISION`,
+//! `GAUNTLET_INSTANCE` (its id) and `GAUNTLET_STATE_DIR` (the canonical state directory of the
+//! runtime that started it) in its environment. The last two let a controller recognise its
+//! instances in `/proc` even when their pids were never recorded (see `survivors.rs`).
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use gauntlet_spec::substitute_port;
 
 use crate::{InstanceId, InstanceSpec, RuntimeError};
+
+/// The environment variable naming the application.
+pub(crate) const APP_ENV: &str = "GAUNTLET_APP";
+/// The environment variable naming the instance.
+pub(crate) const INSTANCE_ENV: &str = "GAUNTLET_INSTANCE";
+/// The environment variable naming the canonical state directory of the runtime.
+pub(crate) const STATE_DIR_ENV: &str = "GAUNTLET_STATE_DIR";
 
 /// Everything needed to start (or probe with `exec`) one instance: the resolved program,
 /// arguments, extra environment and working directory, with `${PORT}` substituted.
@@ -24,14 +38,16 @@ use crate::{InstanceId, InstanceSpec, RuntimeError};
 pub(crate) struct Launch {
     pub program: PathBuf,
     pub args: Vec<String>,
-    /// Added to the controller's inherited environment.
-    pub env: BTreeMap<String, String>,
+    /// Added to the controller's inherited environment. Values are `OsString` because the
+    /// state directory, a path, need not be UTF-8.
+    pub env: BTreeMap<String, OsString>,
     /// `None` inherits the controller's working directory.
     pub cwd: Option<PathBuf>,
     pub port: u16,
 }
 
-/// Resolves `spec` for an instance listening on `port`.
+/// Resolves `spec` for an instance listening on `port`, started by the runtime whose
+/// canonical state directory is `state_dir`.
 ///
 /// The command's first word is looked up inside `artifact_dir` first when it is a bare name
 /// that exists there, joined to it when it is a relative path, and otherwise left to `PATH`.
@@ -43,6 +59,7 @@ pub(crate) fn plan(
     port: u16,
     artifact_dir: Option<&Path>,
     instance_dir: &Path,
+    state_dir: &Path,
 ) -> Launch {
     let process = &spec.process;
     let mut words = process
@@ -54,16 +71,17 @@ pub(crate) fn plan(
     let first = words.next().unwrap_or_default();
     let program = resolve_program(&first, artifact_dir);
 
-    let mut env: BTreeMap<String, String> = process
+    let mut env: BTreeMap<String, OsString> = process
         .env
         .iter()
-        .map(|(k, v)| (k.clone(), substitute_port(v, port)))
+        .map(|(k, v)| (k.clone(), substitute_port(v, port).into()))
         .collect();
     // Set last so a manifest cannot make the instance disagree with the runtime about them.
-    env.insert("PORT".into(), port.to_string());
-    env.insert("GAUNTLET_APP".into(), spec.app.clone());
-    env.insert("GAUNTLET_REVISION".into(), spec.revision.clone());
-    env.insert("GAUNTLET_INSTANCE".into(), id.0.clone());
+    env.insert("PORT".into(), port.to_string().into());
+    env.insert(APP_ENV.into(), spec.app.clone().into());
+    env.insert("GAUNTLET_REVISION".into(), spec.revision.clone().into());
+    env.insert(INSTANCE_ENV.into(), id.0.clone().into());
+    env.insert(STATE_DIR_ENV.into(), state_dir.as_os_str().to_owned());
 
     let cwd = match (&process.working_dir, artifact_dir) {
         (Some(dir), base) => {
@@ -174,6 +192,8 @@ pub(crate) fn signal_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
 pub(crate) struct ProcStat {
     /// `R`, `S`, `D`, `Z` (zombie), `X` (dead), ...
     pub state: char,
+    /// Field 5: the process group. Equal to the pid for a process started with `setsid`.
+    pub pgid: u32,
     /// Field 22: clock ticks after boot when the process started. With the pid it identifies
     /// a process uniquely, because a reused pid has a later start time.
     pub start_time: u64,
@@ -189,16 +209,63 @@ pub(crate) fn proc_stat(pid: u32) -> Option<ProcStat> {
 pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `fields[0]` is field 3 (state), so field 22 is `fields[19]`.
+    // `fields[0]` is field 3 (state), so field 5 is `fields[2]` and field 22 `fields[19]`.
     let state = fields.first()?.chars().next()?;
+    let pgid = fields.get(2)?.parse().ok()?;
     let start_time = fields.get(19)?.parse().ok()?;
-    Some(ProcStat { state, start_time })
+    Some(ProcStat {
+        state,
+        pgid,
+        start_time,
+    })
+}
+
+impl ProcStat {
+    /// Not a zombie waiting for its parent and not dead.
+    pub fn is_running(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
 }
 
 /// Whether the process that had `start_time` still runs as `pid` (not a zombie, not a new
 /// process that reused the pid).
 pub(crate) fn is_alive(pid: u32, start_time: u64) -> bool {
-    matches!(proc_stat(pid), Some(s) if s.start_time == start_time && !matches!(s.state, 'Z' | 'X' | 'x'))
+    matches!(proc_stat(pid), Some(s) if s.start_time == start_time && s.is_running())
+}
+
+/// Stops a process that is not our child, and its process group: SIGTERM, up to `grace` for
+/// the leader to exit, then SIGKILL. Its exit status is not ours to see, so `/proc` is
+/// polled. Returns whether the leader is gone.
+pub(crate) async fn stop_group(pid: u32, start_time: u64, grace: Duration) -> bool {
+    if let Err(e) = signal_group(pid, libc::SIGTERM) {
+        tracing::warn!(pid, error = %e, "cannot send SIGTERM");
+    }
+    let mut gone = wait_gone(pid, start_time, grace, Duration::from_millis(50)).await;
+    if !gone {
+        let _ = signal_group(pid, libc::SIGKILL);
+        // SIGKILL cannot be ignored; this only waits for the kernel to finish.
+        gone = wait_gone(
+            pid,
+            start_time,
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+        )
+        .await;
+    }
+    // Anything the leader forked that ignored SIGTERM is in its group: end it too.
+    let _ = signal_group(pid, libc::SIGKILL);
+    gone
+}
+
+async fn wait_gone(pid: u32, start_time: u64, within: Duration, poll: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while is_alive(pid, start_time) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(poll).await;
+    }
+    true
 }
 
 /// How a process ended, as users read it: `exit status 3` or `signal 9 (SIGKILL)`.
@@ -268,6 +335,7 @@ mod tests {
             4242,
             None,
             Path::new("/state/instances/web-abc-x1"),
+            Path::new("/state"),
         );
         assert_eq!(l.program, PathBuf::from("srv"));
         assert_eq!(l.args, vec!["--port=4242", "4242"]);
@@ -275,6 +343,7 @@ mod tests {
         assert_eq!(l.env["PORT"], "4242");
         assert_eq!(l.env["GAUNTLET_INSTANCE"], "web-abc-x1");
         assert_eq!(l.env["GAUNTLET_REVISION"], "abc");
+        assert_eq!(l.env["GAUNTLET_STATE_DIR"], "/state");
         assert_eq!(
             l.cwd,
             Some(PathBuf::from("/state/instances/web-abc-x1/run-4242"))
@@ -292,6 +361,7 @@ mod tests {
             1,
             Some(dir.path()),
             Path::new("/x"),
+            Path::new("/state"),
         );
         assert_eq!(l.program, dir.path().join("app"));
         assert_eq!(l.cwd.as_deref(), Some(dir.path()));
@@ -301,6 +371,7 @@ mod tests {
             1,
             Some(dir.path()),
             Path::new("/x"),
+            Path::new("/state"),
         );
         assert_eq!(l.program, PathBuf::from("sh"));
         let l = plan(
@@ -309,6 +380,7 @@ mod tests {
             1,
             Some(dir.path()),
             Path::new("/x"),
+            Path::new("/state"),
         );
         assert_eq!(l.program, dir.path().join("bin/run"));
     }
@@ -320,6 +392,7 @@ mod tests {
             parse_stat(text),
             Some(ProcStat {
                 state: 'S',
+                pgid: 1234,
                 start_time: 987654
             })
         );

@@ -35,13 +35,29 @@ pub(crate) enum Control {
 }
 
 /// How a supervisor begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Initial {
     /// A new instance, or a recorded one that never had a process.
     Fresh,
     /// The recorded process still runs: watch it, do not start another.
     Adopt { pid: u32, start_time: u64 },
+    /// No recorded process runs, but one carrying this instance's identity does (the
+    /// controller died before recording it): watch it, do not start another.
+    Found { pid: u32, start_time: u64 },
     /// The recorded process is gone (or its pid was reused): start a new one.
     Lost { pid: u32 },
+}
+
+impl Initial {
+    /// The process the supervisor begins by watching, as `(pid, start_time)`.
+    pub fn running(&self) -> Option<(u32, u64)> {
+        match *self {
+            Initial::Adopt { pid, start_time } | Initial::Found { pid, start_time } => {
+                Some((pid, start_time))
+            }
+            Initial::Fresh | Initial::Lost { .. } => None,
+        }
+    }
 }
 
 enum Proc {
@@ -120,6 +136,16 @@ impl Supervisor {
                 );
                 adopted = Some(Proc::Adopted { pid, start_time });
             }
+            Initial::Found { pid, start_time } => {
+                self.emit(
+                    "adopted",
+                    format!(
+                        "pid {pid} was never recorded (the controller stopped before saving \
+                         it) but runs as this instance; supervising it"
+                    ),
+                );
+                adopted = Some(Proc::Adopted { pid, start_time });
+            }
             Initial::Lost { pid } => {
                 self.emit(
                     "lost",
@@ -148,13 +174,8 @@ impl Supervisor {
                         Ok(Err(e)) => {
                             let restart = backoff.on_start_failure();
                             let reason = e.to_string();
-                            self.rt.set_phase(
-                                &self.id,
-                                Phase::Failed {
-                                    reason: reason.clone(),
-                                },
-                            );
                             tracing::warn!(instance = %self.id, %reason, "instance failed to start");
+                            // Queued before the phase shows, as for a crash loop after exits.
                             if restart.entered_crash_loop {
                                 self.emit(
                                     "crashloop",
@@ -164,6 +185,7 @@ impl Supervisor {
                                     ),
                                 );
                             }
+                            self.rt.set_phase(&self.id, Phase::Failed { reason });
                             match self.sleep(restart.delay).await {
                                 Wake::Elapsed => continue,
                                 Wake::Stop => break,
@@ -252,6 +274,7 @@ impl Supervisor {
             self.port,
             artifact_dir.as_deref(),
             &self.instance_dir(),
+            &self.rt.canonical_state_dir,
         )
     }
 
@@ -399,33 +422,22 @@ impl Supervisor {
             .termination_grace_period_seconds
             .map(|s| Duration::from_secs(u64::from(s)))
             .unwrap_or(DEFAULT_GRACE_PERIOD);
-        if let Err(e) = process::signal_group(pid, libc::SIGTERM) {
-            tracing::warn!(instance = %self.id, pid, error = %e, "cannot send SIGTERM");
-        }
         match proc {
             Proc::Child { mut child, .. } => {
+                if let Err(e) = process::signal_group(pid, libc::SIGTERM) {
+                    tracing::warn!(instance = %self.id, pid, error = %e, "cannot send SIGTERM");
+                }
                 if tokio::time::timeout(grace, child.wait()).await.is_err() {
                     let _ = process::signal_group(pid, libc::SIGKILL);
                     let _ = child.wait().await;
                 }
+                // Anything the instance forked that ignored SIGTERM is in its group.
+                let _ = process::signal_group(pid, libc::SIGKILL);
             }
             Proc::Adopted { pid, start_time } => {
-                let deadline = Instant::now() + grace;
-                while process::is_alive(pid, start_time) && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                if process::is_alive(pid, start_time) {
-                    let _ = process::signal_group(pid, libc::SIGKILL);
-                    // SIGKILL cannot be ignored; this only waits for the kernel to finish.
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    while process::is_alive(pid, start_time) && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
+                process::stop_group(pid, start_time, grace).await;
             }
         }
-        // Anything the instance forked that ignored SIGTERM is in its group: end it too.
-        let _ = process::signal_group(pid, libc::SIGKILL);
         self.rt.update(&self.id, |slot| {
             slot.instance.pid = None;
             slot.start_time = None;
