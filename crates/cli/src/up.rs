@@ -147,6 +147,7 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
         ControllerConfig {
             source,
             interval: args.interval,
+            allow_empty: false,
         },
         runtime.clone(),
         store.clone(),

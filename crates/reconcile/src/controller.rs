@@ -38,6 +38,10 @@ pub struct ControllerConfig {
     pub source: SourceConfig,
     /// Time between polls of the Git server.
     pub interval: Duration,
+    /// Apply a commit that defines no application even while instances run (pruning them
+    /// all). Off by default, as Argo CD's `allowEmpty`: an emptied tree is more often a
+    /// mistake (a wrong path, a bad force-push) than a wish to stop everything.
+    pub allow_empty: bool,
 }
 
 /// The last good commit, as persisted in the store.
@@ -231,6 +235,7 @@ impl<R: Runtime + Clone> Controller<R> {
         loop {
             let pass = self.inner.fetch_started.fetch_add(1, Ordering::SeqCst) + 1;
             self.fetch_once().await;
+            write(&self.inner.state).source.checks = pass;
             self.inner.fetched.send_replace(pass);
             let delay = {
                 let mut state = write(&self.inner.state);
@@ -368,9 +373,10 @@ impl<R: Runtime + Clone> Controller<R> {
     async fn reconcile_loop(self) {
         let mut round: u32 = 0;
         loop {
+            let pass = self.inner.reconcile_started.fetch_add(1, Ordering::SeqCst) + 1;
             self.reconcile_once(round.is_multiple_of(CONFLICT_CHECK_EVERY))
                 .await;
-            self.inner.reconciled.send_modify(|n| *n += 1);
+            self.inner.reconciled.send_replace(pass);
             round = round.wrapping_add(1);
             tokio::select! {
                 _ = tokio::time::sleep(RECONCILE_PERIOD) => {}

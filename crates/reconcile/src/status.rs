@@ -39,6 +39,9 @@ pub struct SourceStatus {
     pub error: Option<String>,
     /// Consecutive failed fetches (drives the retry backoff).
     pub failures: u32,
+    /// Fetch passes completed since the controller started (each asks the server for the
+    /// head once).
+    pub checks: u64,
     /// Unix milliseconds of the last fetch attempt and of the next scheduled one.
     pub last_check_ms: u64,
     pub next_check_ms: u64,
