@@ -3,6 +3,11 @@
 //! Every route but `GET /api/v1/healthz` and the signed `POST /api/v1/webhooks/git` needs
 //! `Authorization: Bearer <token>`, compared in constant time. The routes are documented in
 //! `docs/api.md`; the CLI is a thin client of them.
+//!
+//! The router only answers; serving it is the caller's job. `POST /api/v1/shutdown` sets
+//! [`ApiConfig::shutdown`] and answers 202 at once, so the caller should serve with
+//! `axum::serve(..).with_graceful_shutdown(..)` on that signal: the 202 and every call in
+//! flight are then answered before the controller stops.
 
 use std::sync::Arc;
 
@@ -20,7 +25,8 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
-/// Header the CLI sets to name the person acting, for the audit log.
+/// Header the CLI sets to name the person acting, for the audit log. It is self-declared by
+/// whoever holds the token and not verified: the audit log records it as a claim.
 pub const USER_HEADER: &str = "x-gauntlet-user";
 
 /// How a running controller is asked to stop.
@@ -39,7 +45,8 @@ pub struct ApiConfig {
     pub token: String,
     /// Secret shared with the Git host for webhooks; without one, webhooks are refused.
     pub webhook_secret: Option<Vec<u8>>,
-    /// Set when a client asks the controller to stop.
+    /// Set when a client asks the controller to stop, just before the handler answers 202;
+    /// serve the router with a graceful shutdown on it so that answer is delivered.
     pub shutdown: watch::Sender<Option<Shutdown>>,
 }
 

@@ -1,13 +1,25 @@
 //! The CLI's client of the controller's API: finds it through the state directory, sends the
 //! bearer token and the acting user's name, and turns error bodies into readable errors.
+//!
+//! The client never goes through an HTTP proxy: the controller is local (or reached directly),
+//! and a proxy would both break the call and receive the bearer token.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use gauntlet_reconcile::Status;
 use serde::de::DeserializeOwned;
 
 use crate::paths;
+
+/// Time limit of an ordinary call.
+const TIMEOUT: Duration = Duration::from_secs(150);
+
+/// Time limit of `POST /api/v1/sync`. The controller waits up to 120 s for a fetch pass and
+/// then up to 120 s for a reconcile pass before answering 504; the client must outlast both, or
+/// it gives up on a sync that is still succeeding.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub struct Client {
     base: String,
@@ -24,7 +36,8 @@ impl Client {
 
     pub fn new(listen: &str, token: String) -> Result<Client> {
         let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(150))
+            .no_proxy()
+            .timeout(TIMEOUT)
             .build()
             .context("building the HTTP client")?;
         Ok(Client {
@@ -40,6 +53,16 @@ impl Client {
 
     pub fn post<T: DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> Result<T> {
         self.send(self.http.post(format!("{}{path}", self.base)).json(&body))
+    }
+
+    /// Fetches, applies and reconciles now (every application), and returns the status after.
+    pub fn sync(&self) -> Result<Status> {
+        self.send(
+            self.http
+                .post(format!("{}/api/v1/sync", self.base))
+                .json(&serde_json::json!({}))
+                .timeout(SYNC_TIMEOUT),
+        )
     }
 
     fn send<T: DeserializeOwned>(&self, req: reqwest::blocking::RequestBuilder) -> Result<T> {

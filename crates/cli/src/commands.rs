@@ -47,9 +47,10 @@ pub fn status(state_dir: &Path, app: Option<&str>, output: Output) -> Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// Syncs every application (a commit is applied whole); `app` only narrows what is printed.
 pub fn sync(state_dir: &Path, app: Option<&str>) -> Result<ExitCode> {
     let client = Client::from_state_dir(state_dir)?;
-    let mut status: Status = client.post("/api/v1/sync", serde_json::json!({}))?;
+    let mut status = client.sync()?;
     if let Some(name) = app {
         status.apps.retain(|a| a.name == name);
     }

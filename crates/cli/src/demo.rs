@@ -5,9 +5,9 @@
 //! controller to converge: deploys v1, replaces it with v2, shows a malformed commit rejected
 //! with its file:line error while v2 keeps serving, kills an instance and watches it heal, and
 //! removes the application and watches it pruned. Every stage is checked against what really
-//! runs (HTTP answers, process ids); the demo exits 0 only if every stage behaved.
+//! runs (HTTP answers, process ids); the demo exits 0 only if every stage behaved, and leaves
+//! no process behind unless asked to with `--keep`.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use gauntlet_store::AuditRecord;
 
 use crate::client::Client;
 use crate::commands::print_status;
+use crate::paths;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -39,28 +40,36 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         None => std::env::temp_dir().join(format!("gauntlet-demo-{}", std::process::id())),
     };
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    let mut demo = Demo::start(&root)?;
-    let result = demo.stages();
-    match (&result, args.keep) {
-        (Ok(()), true) => {
-            demo.restore()?;
-            println!(
-                "\nThe controller keeps running (pid {}). Try:",
-                demo.controller.id()
-            );
-            let sd = demo.state.display();
-            println!("  gauntlet --state-dir {sd} status");
-            println!("  gauntlet --state-dir {sd} history {APP}");
-            println!("  gauntlet --state-dir {sd} logs {APP}");
-            println!(
-                "  (edit {} and commit; then gauntlet --state-dir {sd} sync)",
-                demo.repo.join("apps/hello.yaml").display()
-            );
-            println!("  gauntlet --state-dir {sd} down --stop-instances");
-            return Ok(ExitCode::SUCCESS);
+    let mut demo = match Demo::start(&root) {
+        Ok(demo) => demo,
+        Err(e) => {
+            report_failure(&e, &root.join(LOG));
+            return Ok(ExitCode::FAILURE);
         }
-        _ => demo.stop(),
+    };
+    let mut result = demo.stages();
+    if result.is_ok() && args.keep {
+        match demo.restore() {
+            Ok(()) => {
+                println!(
+                    "\nThe controller keeps running (pid {}). Try:",
+                    demo.controller.id()
+                );
+                let sd = demo.state.display();
+                println!("  gauntlet --state-dir {sd} status");
+                println!("  gauntlet --state-dir {sd} history {APP}");
+                println!("  gauntlet --state-dir {sd} logs {APP}");
+                println!(
+                    "  (edit {} and commit; then gauntlet --state-dir {sd} sync)",
+                    demo.repo.join("apps/hello.yaml").display()
+                );
+                println!("  gauntlet --state-dir {sd} down --stop-instances");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => result = Err(e.context("restoring v2 for --keep")),
+        }
     }
+    demo.stop();
     match result {
         Ok(()) => {
             if args.dir.is_none() {
@@ -70,21 +79,22 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("\ndemo FAILED: {e:#}");
-            eprintln!("controller log: {}", demo.log.display());
-            if let Ok(log) = std::fs::read_to_string(&demo.log) {
-                for line in log
-                    .lines()
-                    .rev()
-                    .take(15)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                {
-                    eprintln!("  | {line}");
-                }
-            }
+            report_failure(&e, &demo.log);
             Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The controller's log file, in the demo's directory.
+const LOG: &str = "controller.log";
+
+fn report_failure(e: &anyhow::Error, log: &Path) {
+    eprintln!("\ndemo FAILED: {e:#}");
+    eprintln!("controller log: {}", log.display());
+    if let Ok(text) = std::fs::read_to_string(log) {
+        let lines: Vec<&str> = text.lines().collect();
+        for line in &lines[lines.len().saturating_sub(15)..] {
+            eprintln!("  | {line}");
         }
     }
 }
@@ -98,53 +108,47 @@ struct Demo {
 }
 
 impl Demo {
+    /// Creates the repository and starts the controller on it. The controller stops every
+    /// instance when it is signalled (`--stop-instances-on-exit`), so an interrupted demo
+    /// leaves nothing running, and it may apply the empty commit of stage 5 (`--allow-empty`).
     fn start(root: &Path) -> Result<Demo> {
         let repo = root.join("repo");
         let state = root.join("state");
-        let log = root.join("controller.log");
-        std::fs::create_dir_all(repo.join("apps"))?;
+        let log = root.join(LOG);
+        std::fs::create_dir_all(&repo).with_context(|| format!("creating {}", repo.display()))?;
         git(&repo, &["init", "-q", "-b", "main"])?;
         stage("Setup", &format!("a Git repository at {}", repo.display()));
         write_app(&repo, "v1", 2, false)?;
         git(&repo, &["add", "-A"])?;
         git(&repo, &["commit", "-q", "-m", "Deploy hello v1"])?;
 
-        let addr = {
-            let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-            l.local_addr()?
-        };
-        let exe = std::env::current_exe().context("locating the gauntlet binary")?;
+        let exe = gauntlet_exe()?;
         let log_file = std::fs::File::create(&log)?;
-        let controller = Command::new(&exe)
+        let mut controller = Command::new(&exe)
             .args(["up", "--repo"])
             .arg(&repo)
             .arg("--state-dir")
             .arg(&state)
-            .args(["--listen", &addr.to_string(), "--interval", "1s"])
+            .args(["--listen", "127.0.0.1:0", "--interval", "1s"])
+            .args(["--allow-empty", "--stop-instances-on-exit"])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .spawn()
             .context("starting the controller")?;
-        println!(
-            "  controller pid {} on http://{addr}, state in {}",
-            controller.id(),
-            state.display()
-        );
-        let token = wait_for("the controller's token", || {
-            Ok(std::fs::read_to_string(state.join("token"))
-                .ok()
-                .map(|t| t.trim().to_string())
-                .filter(|t| !t.is_empty()))
-        })?;
-        let client = Client::new(&addr.to_string(), token)?;
-        Ok(Demo {
-            repo,
-            state,
-            log,
-            controller,
-            client,
-        })
+        match connect(&mut controller, &state) {
+            Ok(client) => Ok(Demo {
+                repo,
+                state,
+                log,
+                controller,
+                client,
+            }),
+            Err(e) => {
+                terminate(&mut controller);
+                Err(e)
+            }
+        }
     }
 
     fn stages(&mut self) -> Result<()> {
@@ -277,29 +281,21 @@ impl Demo {
         Ok(())
     }
 
+    /// Stops the controller with every instance: through the API, else by signal.
     fn stop(&mut self) {
-        let _: Result<serde_json::Value> = self.client.post(
+        let asked: Result<serde_json::Value> = self.client.post(
             "/api/v1/shutdown",
             serde_json::json!({"stopInstances": true}),
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.controller.try_wait() {
-                Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    let _ = self.controller.kill();
-                    let _ = self.controller.wait();
-                    return;
-                }
-            }
+        if asked.is_ok() {
+            wait_or_kill(&mut self.controller);
+        } else {
+            terminate(&mut self.controller);
         }
     }
 
     fn sync(&self) -> Result<()> {
-        let _: Status = self.client.post("/api/v1/sync", serde_json::json!({}))?;
+        self.client.sync()?;
         Ok(())
     }
 
@@ -321,6 +317,7 @@ impl Demo {
     /// Every instance answers `GET /` with `version`.
     fn check_answers(&self, app: &AppStatus, version: &str) -> Result<()> {
         let http = reqwest::blocking::Client::builder()
+            .no_proxy()
             .timeout(Duration::from_secs(5))
             .build()?;
         for i in &app.instances {
@@ -336,6 +333,60 @@ impl Demo {
             println!("  GET {url} -> {}", body.trim());
         }
         Ok(())
+    }
+}
+
+/// Waits until the controller has written `controller.json` (it is then listening) and returns
+/// a client of it; fails at once if the controller exits first.
+fn connect(controller: &mut Child, state: &Path) -> Result<Client> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = controller.try_wait().context("watching the controller")? {
+            bail!("the controller exited during start-up ({status})");
+        }
+        // A file left by an earlier run in the same --dir names another pid.
+        if let Ok(info) = paths::read_controller_info(state) {
+            if info.pid == controller.id() {
+                let token = paths::read_token_file(state)?;
+                println!(
+                    "  controller pid {} on http://{}, state in {}",
+                    info.pid,
+                    info.listen,
+                    state.display()
+                );
+                return Client::new(&info.listen, token);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the controller did not start within {}s",
+                DEADLINE.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGTERM: the controller, started with `--stop-instances-on-exit`, stops every instance.
+fn terminate(controller: &mut Child) {
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe { libc::kill(controller.id() as i32, libc::SIGTERM) };
+    wait_or_kill(controller);
+}
+
+/// Waits for the controller to exit; SIGKILL after 30 s.
+fn wait_or_kill(controller: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match controller.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = controller.kill();
+                let _ = controller.wait();
+                return;
+            }
+        }
     }
 }
 
@@ -392,7 +443,7 @@ fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<Option<T>>) -> Resu
 }
 
 fn write_app(repo: &Path, version: &str, replicas: u32, typo: bool) -> Result<()> {
-    let exe = std::env::current_exe()?;
+    let exe = gauntlet_exe()?;
     let command_key = if typo { "comand" } else { "command" };
     let yaml = format!(
         r#"# The demo application: `gauntlet demo-app`, answering its version on GET /.
@@ -411,7 +462,11 @@ spec:
 "#,
         exe = exe.display()
     );
-    std::fs::write(repo.join("apps/hello.yaml"), yaml)?;
+    // Stage 5's `git rm` takes the emptied directory with it.
+    let dir = repo.join("apps");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("hello.yaml");
+    std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -445,4 +500,15 @@ fn head(repo: &Path) -> Result<String> {
         .args(["rev-parse", "HEAD"])
         .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// This binary's path. Linux reports a binary replaced on disk (a rebuild while the demo runs)
+/// as `PATH (deleted)`; the new binary at the same path is the one to run.
+fn gauntlet_exe() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the gauntlet binary")?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
 }

@@ -55,8 +55,11 @@ enum Command {
         output: Output,
     },
     /// Fetch the repository now, apply a new commit and reconcile; prints the result.
+    ///
+    /// The fetch and the reconcile always cover every application: the repository is applied
+    /// as a whole commit. APP only narrows what is printed afterwards.
     Sync {
-        /// Print only this application afterwards.
+        /// Print only this application afterwards (the sync itself covers every application).
         app: Option<String>,
     },
     /// Show what applying the repository's current head would change, without applying it.
@@ -98,28 +101,31 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let state_dir = paths::state_dir(cli.state_dir);
-    let result = match cli.command {
-        Command::Up(args) => up::run(args, state_dir),
-        Command::Down { stop_instances } => commands::down(&state_dir, stop_instances),
-        Command::Status { app, output } => commands::status(&state_dir, app.as_deref(), output),
-        Command::Sync { app } => commands::sync(&state_dir, app.as_deref()),
-        Command::Diff { output } => commands::diff(&state_dir, output),
-        Command::History { app, limit, output } => {
-            commands::history(&state_dir, app.as_deref(), limit, output)
-        }
-        Command::Logs { app, follow, tail } => commands::logs(&state_dir, &app, follow, tail),
-        Command::Validate { path } => commands::validate(&path),
-        Command::Schema => commands::schema(),
-        Command::Demo(args) => demo::run(args),
-        Command::DemoApp(args) => demo_app::run(args),
-    };
-    match result {
+    match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Resolved only by the commands that use it, so offline ones work without HOME.
+    let state_dir = || paths::state_dir(cli.state_dir.clone());
+    match cli.command {
+        Command::Up(args) => up::run(args, state_dir()?),
+        Command::Down { stop_instances } => commands::down(&state_dir()?, stop_instances),
+        Command::Status { app, output } => commands::status(&state_dir()?, app.as_deref(), output),
+        Command::Sync { app } => commands::sync(&state_dir()?, app.as_deref()),
+        Command::Diff { output } => commands::diff(&state_dir()?, output),
+        Command::History { app, limit, output } => {
+            commands::history(&state_dir()?, app.as_deref(), limit, output)
+        }
+        Command::Logs { app, follow, tail } => commands::logs(&state_dir()?, &app, follow, tail),
+        Command::Validate { path } => commands::validate(&path),
+        Command::Schema => commands::schema(),
+        Command::Demo(args) => demo::run(args),
+        Command::DemoApp(args) => demo_app::run(args),
     }
 }

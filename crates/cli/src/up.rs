@@ -2,8 +2,15 @@
 //! and the API together, then runs until SIGINT/SIGTERM or `gauntlet down`.
 //!
 //! Stopping the controller leaves the instances running (they are re-adopted at the next
-//! start), so a controller upgrade or crash never takes an application down.
+//! start), so a controller upgrade or crash never takes an application down; `down
+//! --stop-instances` and `--stop-instances-on-exit` are the ways to stop them too.
+//!
+//! Start-up checks everything that can be refused (flags, credentials, the state directory,
+//! the API port) before the local runtime opens, because opening it re-adopts and restarts
+//! instances. Shutdown stops accepting calls, lets the ones in flight finish (the answer to
+//! `gauntlet down` among them) while the controller still runs, and only then stops it.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +23,7 @@ use gauntlet_api::{ApiConfig, Shutdown};
 use gauntlet_reconcile::{Controller, ControllerConfig};
 use gauntlet_runtime::local::LocalRuntime;
 use gauntlet_runtime::Runtime;
-use gauntlet_source::{Auth, Secret, SourceConfig};
+use gauntlet_source::{redact_url, Auth, Secret, SourceConfig};
 use gauntlet_store::{Actor, AuditRecord, Store};
 use tokio::sync::watch;
 
@@ -53,11 +60,25 @@ pub struct UpArgs {
     /// --git-password-file or --git-password-env.
     #[arg(long)]
     git_username: Option<String>,
+    /// File holding the password for --git-username.
     #[arg(long)]
     git_password_file: Option<PathBuf>,
+    /// Environment variable holding the password for --git-username.
     #[arg(long)]
     git_password_env: Option<String>,
+    /// Apply a commit that defines no application even while instances run, pruning them
+    /// all. Off by default, like Argo CD's allowEmpty: an emptied tree is more often a mistake
+    /// (a wrong --path, a bad force-push) than a wish to stop everything.
+    #[arg(long)]
+    allow_empty: bool,
+    /// When the controller stops on SIGINT/SIGTERM, stop every instance too; for demos and
+    /// throwaway environments.
+    #[arg(long)]
+    stop_instances_on_exit: bool,
 }
+
+/// How long calls in flight may take to finish once the controller is stopping.
+const DRAIN: Duration = Duration::from_secs(10);
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
@@ -102,6 +123,26 @@ fn webhook_secret(args: &UpArgs) -> Result<Option<Vec<u8>>> {
         .map(String::into_bytes))
 }
 
+/// A password in an http(s) URL would be stored, logged and shown wherever the repository is:
+/// credentials come from files or the environment instead.
+fn refuse_password_in_url(repo: &str) -> Result<()> {
+    let Some((scheme, rest)) = repo.split_once("://") else {
+        return Ok(());
+    };
+    let is_http = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let has_password = authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    if is_http && has_password {
+        bail!(
+            "--repo {} has a password in the URL; it would be recorded and shown wherever the repository is. Put it in a file and pass --git-username USER --git-password-file FILE (or a token with --git-token-file FILE)",
+            redact_url(repo)
+        );
+    }
+    Ok(())
+}
+
 /// A local path becomes an absolute one, so the controller does not depend on its cwd.
 fn repo_url(repo: &str) -> String {
     if repo.contains("://") || repo.contains('@') {
@@ -131,29 +172,42 @@ fn init_tracing() {
 }
 
 async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed first, so a signal during start-up is acted on rather than killing us midway.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+
+    refuse_password_in_url(&args.repo)?;
+    let auth = auth(&args)?;
+    let webhook_secret = webhook_secret(&args)?;
     let token = paths::ensure_state_dir(&state_dir)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (use --listen)", args.listen))?;
+    let local = listener.local_addr()?;
     let store = Arc::new(Store::open(&state_dir.join("state.redb"))?);
     let runtime = LocalRuntime::open(&state_dir)
         .await
         .context("opening the local runtime")?;
+    let repo = repo_url(&args.repo);
+    let repo_shown = redact_url(&repo);
     let source = SourceConfig {
-        repo: repo_url(&args.repo),
+        repo,
         reference: args.branch.clone(),
         path: args.path.clone(),
-        auth: auth(&args)?,
+        auth,
         cache_dir: state_dir.join("git"),
     };
     let controller = Controller::new(
         ControllerConfig {
             source,
             interval: args.interval,
-            allow_empty: false,
+            allow_empty: args.allow_empty,
         },
         runtime.clone(),
         store.clone(),
     );
-    let (shutdown_tx, mut shutdown_rx) = watch::channel(None);
-    let webhook_secret = webhook_secret(&args)?;
+    let (shutdown_tx, _) = watch::channel(None);
     let api = gauntlet_api::router(
         controller.clone(),
         ApiConfig {
@@ -162,10 +216,6 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
             shutdown: shutdown_tx.clone(),
         },
     );
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (use --listen)", args.listen))?;
-    let local = listener.local_addr()?;
     paths::write_controller_info(
         &state_dir,
         &paths::ControllerInfo {
@@ -178,14 +228,14 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
         "",
         "start",
         format!(
-            "controller started: following {} ({}) every {}",
-            args.repo,
+            "controller started: following {repo_shown} ({}) every {}",
             args.branch,
             humantime::format_duration(args.interval)
         ),
     )])?;
     tracing::info!(
-        "controller listening on http://{local}; state in {}; webhooks {}",
+        "controller listening on http://{local}; following {repo_shown} ({}); state in {}; webhooks {}",
+        args.branch,
         state_dir.display(),
         if webhook_secret.is_some() {
             "enabled"
@@ -194,17 +244,65 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
         }
     );
 
-    let server = axum::serve(listener, api);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stopping = shutdown_tx.subscribe();
+    let mut server = tokio::spawn(
+        axum::serve(listener, api)
+            .with_graceful_shutdown(async move {
+                let _ = stopping.wait_for(|v| v.is_some()).await;
+            })
+            .into_future(),
+    );
+    let mut run = Box::pin(controller.clone().run());
+    let on_signal = if args.stop_instances_on_exit {
+        Shutdown::Everything
+    } else {
+        Shutdown::Controller
+    };
+    let mut requested = shutdown_tx.subscribe();
+    let mut run_finished = false;
+    let mut server_finished = false;
     let what = tokio::select! {
-        _ = controller.clone().run() => Shutdown::Controller,
-        r = server => { r.context("the API server failed")?; Shutdown::Controller }
-        _ = tokio::signal::ctrl_c() => Shutdown::Controller,
-        _ = sigterm.recv() => Shutdown::Controller,
-        r = shutdown_rx.wait_for(|v| v.is_some()) => {
+        _ = &mut run => {
+            run_finished = true;
+            tracing::error!("the controller's loops ended");
+            Shutdown::Controller
+        }
+        r = &mut server => {
+            server_finished = true;
+            log_server_end(r);
+            Shutdown::Controller
+        }
+        _ = sigint.recv() => on_signal,
+        _ = sigterm.recv() => on_signal,
+        r = requested.wait_for(|v| v.is_some()) => {
             r.ok().and_then(|v| *v).unwrap_or(Shutdown::Controller)
         }
     };
+    // Stops the server from accepting; a `down` call already set it, with what it asked for.
+    shutdown_tx.send_if_modified(|v| {
+        if v.is_some() {
+            return false;
+        }
+        *v = Some(what);
+        true
+    });
+    if !server_finished {
+        // The controller keeps running meanwhile, so a `sync` in flight can complete.
+        tokio::select! {
+            _ = &mut run, if !run_finished => server.abort(),
+            r = tokio::time::timeout(DRAIN, &mut server) => match r {
+                Ok(r) => log_server_end(r),
+                Err(_) => {
+                    tracing::warn!(
+                        "calls still unanswered after {} are cut",
+                        humantime::format_duration(DRAIN)
+                    );
+                    server.abort();
+                }
+            },
+        }
+    }
+    drop(run);
     if what == Shutdown::Everything {
         stop_all(&runtime).await;
     }
@@ -220,6 +318,14 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
     )]);
     let _ = std::fs::remove_file(state_dir.join("controller.json"));
     Ok(ExitCode::SUCCESS)
+}
+
+fn log_server_end(r: Result<std::io::Result<()>, tokio::task::JoinError>) {
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("the API server failed: {e}"),
+        Err(e) => tracing::error!("the API server stopped: {e}"),
+    }
 }
 
 async fn stop_all(runtime: &LocalRuntime) {
@@ -240,5 +346,34 @@ async fn join_all<F: std::future::Future<Output = ()> + Send + 'static>(
     let handles: Vec<_> = futs.map(tokio::spawn).collect();
     for h in handles {
         let _ = h.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_in_an_http_url_is_refused_and_hidden_in_the_error() {
+        let err = refuse_password_in_url("https://bob:hunter2@git.example.com/deploy.git")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--git-password-file"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(refuse_password_in_url("HTTP://bob:x@example.com/r").is_err());
+    }
+
+    #[test]
+    fn urls_without_a_password_are_accepted() {
+        for url in [
+            "https://git.example.com/deploy.git",
+            "https://bob@git.example.com/deploy.git",
+            "https://example.com/a@b:c",
+            "ssh://git@example.com/r.git",
+            "git@example.com:o/r.git",
+            "/srv/git/deploy.git",
+        ] {
+            assert!(refuse_password_in_url(url).is_ok(), "{url}");
+        }
     }
 }

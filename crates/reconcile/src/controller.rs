@@ -28,6 +28,7 @@ use crate::plan::{plan, Action, Cause, Health, Plan, SyncStatus};
 use crate::status::{AppStatus, Change, CommitInfo, Diff, Rejected, SourceStatus, Status};
 
 const SNAPSHOT_KEY: &str = "source.snapshot";
+const REJECTED_KEY: &str = "source.rejected";
 const RECONCILE_PERIOD: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const CONFLICT_CHECK_EVERY: u32 = 10;
@@ -44,11 +45,38 @@ pub struct ControllerConfig {
     pub allow_empty: bool,
 }
 
+/// Which source a stored commit came from: a restart with another `--repo`, `--branch` or
+/// `--path` must not run the old source's commit under the new one's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SourceIdentity {
+    repo: String,
+    reference: String,
+    path: String,
+}
+
+impl SourceIdentity {
+    fn of(config: &SourceConfig) -> Self {
+        SourceIdentity {
+            repo: gauntlet_source::redact_url(&config.repo),
+            reference: config.reference.clone(),
+            path: config.path.clone(),
+        }
+    }
+}
+
 /// The last good commit, as persisted in the store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredSnapshot {
+    source: SourceIdentity,
     commit: CommitInfo,
     files: Vec<(String, String)>,
+}
+
+/// The newest rejected commit, so a restart neither forgets nor re-reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredRejection {
+    source: SourceIdentity,
+    rejected: Rejected,
 }
 
 /// Everything the controller knows; read by the API.
@@ -65,7 +93,8 @@ struct State {
     action_errors: BTreeMap<String, String>,
     /// Ports taken by processes Gauntlet did not start, per application.
     conflicts: BTreeMap<String, String>,
-    health: BTreeMap<String, Health>,
+    /// Each application's last audited health word.
+    health: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +105,8 @@ pub enum ControllerError {
     Source(#[from] gauntlet_source::SourceError),
     #[error("timed out waiting for the controller to {0}")]
     Timeout(&'static str),
+    #[error("internal task failed: {0}")]
+    Task(String),
 }
 
 struct Inner<R> {
@@ -83,6 +114,8 @@ struct Inner<R> {
     store: Arc<Store>,
     source: GitSource,
     interval: Duration,
+    allow_empty: bool,
+    identity: SourceIdentity,
     state: RwLock<State>,
     fetch_now: Notify,
     reconcile_now: Notify,
@@ -121,8 +154,16 @@ impl<R: Runtime + Clone> Controller<R> {
             },
             ..State::default()
         };
+        let identity = SourceIdentity::of(&config.source);
         let mut parser = Parser::default();
         match store.get::<StoredSnapshot>(SNAPSHOT_KEY) {
+            Ok(Some(snap)) if snap.source != identity => {
+                tracing::warn!(
+                    "the stored commit {} is from another source ({}); waiting for the first fetch",
+                    snap.commit.sha,
+                    snap.source.repo
+                );
+            }
             Ok(Some(snap)) => {
                 let files = to_source_files(&snap.files);
                 match parser.parse(&files) {
@@ -131,18 +172,34 @@ impl<R: Runtime + Clone> Controller<R> {
                         state.seen_head = Some(snap.commit.sha.clone());
                         state.source.applied = Some(snap.commit);
                     }
-                    Err(e) => tracing::warn!("the stored commit no longer validates: {e}"),
+                    Err(e) => {
+                        state.source.error = Some(format!(
+                            "the last applied commit {} no longer validates with this version; nothing is reconciled until a valid commit is fetched: {e}",
+                            snap.commit.sha
+                        ));
+                    }
                 }
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!("cannot read the last good commit: {e}"),
+            Err(e) => state.source.error = Some(format!("cannot read the last good commit: {e}")),
         }
+        match store.get::<Option<StoredRejection>>(REJECTED_KEY) {
+            Ok(Some(Some(r))) if r.source == identity => {
+                state.seen_head = Some(r.rejected.commit.sha.clone());
+                state.source.rejected = Some(r.rejected);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot read the last rejected commit: {e}"),
+        }
+        state.source.repo = gauntlet_source::redact_url(&config.source.repo);
         Controller {
             inner: Arc::new(Inner {
                 runtime,
                 store,
                 source: GitSource::new(config.source),
                 interval: config.interval,
+                allow_empty: config.allow_empty,
+                identity,
                 state: RwLock::new(state),
                 fetch_now: Notify::new(),
                 reconcile_now: Notify::new(),
@@ -183,7 +240,8 @@ impl<R: Runtime + Clone> Controller<R> {
             "",
             "sync",
             "sync requested",
-        )]);
+        )])
+        .await?;
         // Wait for a pass that *started* after this request: one already running may have
         // looked at the repository before the commit being synced.
         let want = self.inner.fetch_started.load(Ordering::SeqCst) + 1;
@@ -213,7 +271,11 @@ impl<R: Runtime + Clone> Controller<R> {
             message: snapshot.message.clone(),
             author: snapshot.author.clone(),
         };
-        let desired = match gauntlet_spec::parse(&snapshot.files) {
+        let files = snapshot.files;
+        let parsed = tokio::task::spawn_blocking(move || gauntlet_spec::parse(&files))
+            .await
+            .map_err(|e| ControllerError::Task(e.to_string()))?;
+        let desired = match parsed {
             Ok(d) => d,
             Err(diags) => {
                 return Ok(Diff {
@@ -223,7 +285,7 @@ impl<R: Runtime + Clone> Controller<R> {
                 })
             }
         };
-        let planned = plan(&desired, &self.inner.runtime.instances());
+        let planned = plan(&desired, &self.observed());
         Ok(Diff {
             commit,
             errors: vec![],
@@ -240,7 +302,7 @@ impl<R: Runtime + Clone> Controller<R> {
             let delay = {
                 let mut state = write(&self.inner.state);
                 let backoff = backoff(self.inner.interval, state.source.failures);
-                state.source.next_check_ms = now_ms() + backoff.as_millis() as u64;
+                state.source.next_check_ms = now_ms().saturating_add(backoff.as_millis() as u64);
                 backoff
             };
             tokio::select! {
@@ -252,121 +314,178 @@ impl<R: Runtime + Clone> Controller<R> {
 
     /// One poll of the Git server: apply a new valid head, reject an invalid one.
     async fn fetch_once(&self) {
-        let result = async {
-            let head = self.inner.source.remote_head().await?;
-            if read(&self.inner.state).seen_head.as_deref() == Some(head.as_str()) {
-                return Ok(None);
-            }
-            let snapshot = self.inner.source.fetch(&head).await?;
-            Ok::<_, gauntlet_source::SourceError>(Some(snapshot))
-        }
-        .await;
-        let snapshot = match result {
-            Ok(s) => {
-                let recovered = {
-                    let mut state = write(&self.inner.state);
-                    state.source.last_check_ms = now_ms();
-                    state.source.failures = 0;
-                    state.source.error.take()
-                };
-                if let Some(was) = recovered {
-                    self.audit(vec![AuditRecord::now(
-                        Actor::Controller,
-                        "",
-                        "source-recovered",
-                        format!("the Git source answers again (was: {was})"),
-                    )]);
-                }
-                match s {
-                    Some(s) => s,
-                    None => return,
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                let first = {
-                    let mut state = write(&self.inner.state);
-                    state.source.last_check_ms = now_ms();
-                    state.source.failures += 1;
-                    state.source.error.replace(message.clone()).is_none()
-                };
-                tracing::warn!("fetch failed: {message}");
-                if first {
-                    self.audit(vec![AuditRecord::now(
-                        Actor::Controller,
-                        "",
-                        "source-error",
-                        format!("{message}; the last good commit keeps running"),
-                    )]);
-                }
-                return;
-            }
+        let head = match self.inner.source.remote_head().await {
+            Ok(head) => head,
+            Err(e) => return self.source_failed(e.to_string()).await,
         };
-
+        self.source_answered().await;
+        if read(&self.inner.state).seen_head.as_deref() == Some(head.as_str()) {
+            return;
+        }
+        let snapshot = match self.inner.source.fetch(&head).await {
+            Ok(s) => s,
+            // The server answered; the commit itself is unusable (a file too large or not
+            // UTF-8, the path gone): that is a bad commit, not a server to retry.
+            Err(e) if is_about_the_commit(&e) => {
+                let commit = CommitInfo {
+                    sha: head,
+                    message: String::new(),
+                    author: String::new(),
+                };
+                return self.reject(commit, vec![e.to_string()]).await;
+            }
+            Err(e) => return self.source_failed(e.to_string()).await,
+        };
         let commit = CommitInfo {
             sha: snapshot.commit.clone(),
             message: snapshot.message.clone(),
             author: snapshot.author.clone(),
         };
-        let parsed = lock(&self.inner.parser).parse(&snapshot.files);
-        match parsed {
-            Ok(desired) => {
-                let stored = StoredSnapshot {
-                    commit: commit.clone(),
-                    files: snapshot
-                        .files
-                        .iter()
-                        .map(|f| (f.path.clone(), f.contents.clone()))
-                        .collect(),
-                };
-                // Persist before applying: after a crash the controller resumes from it.
-                if let Err(e) = self.inner.store.put(SNAPSHOT_KEY, &stored) {
-                    tracing::error!("cannot persist commit {}: {e}", commit.sha);
-                    write(&self.inner.state).source.error = Some(e.to_string());
-                    return;
-                }
-                let count = desired.applications.len();
-                let before = {
-                    let mut state = write(&self.inner.state);
-                    state.desired = Some(Arc::new(desired));
-                    state.seen_head = Some(commit.sha.clone());
-                    state.source.rejected = None;
-                    state.source.applied.replace(commit.clone())
-                };
-                tracing::info!(commit = %commit.sha, "applying {count} applications");
-                self.audit(vec![AuditRecord::now(
-                    Actor::Commit(commit.sha.clone()),
-                    "",
-                    "apply",
-                    format!("{} ({count} applications)", commit.message),
-                )
-                .change(
-                    before.map(|c| c.sha).unwrap_or_default(),
-                    commit.sha.clone(),
-                )]);
-                self.inner.reconcile_now.notify_one();
-            }
+        let this = self.clone();
+        let (parsed, files) = match tokio::task::spawn_blocking(move || {
+            let parsed = lock(&this.inner.parser).parse(&snapshot.files);
+            (parsed, snapshot.files)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => return self.source_failed(format!("parsing failed: {e}")).await,
+        };
+        let desired = match parsed {
+            Ok(d) => d,
             Err(diags) => {
-                let errors: Vec<String> = diags.0.iter().map(|d| d.to_string()).collect();
-                tracing::warn!(commit = %commit.sha, "commit rejected:\n{diags}");
-                {
-                    let mut state = write(&self.inner.state);
-                    state.seen_head = Some(commit.sha.clone());
-                    state.source.rejected = Some(Rejected {
-                        commit: commit.clone(),
-                        errors: errors.clone(),
-                    });
-                }
-                self.audit(vec![AuditRecord::now(
-                    Actor::Commit(commit.sha.clone()),
-                    "",
-                    "reject",
-                    format!(
-                        "commit rejected, the previous commit stays live: {}",
-                        errors.join("; ")
-                    ),
-                )]);
+                let errors = diags.0.iter().map(|d| d.to_string()).collect();
+                return self.reject(commit, errors).await;
             }
+        };
+        let running = self.inner.runtime.instances().len();
+        if desired.applications.is_empty() && running > 0 && !self.inner.allow_empty {
+            let error = format!(
+                "the commit defines no application while {running} instances run; the previous commit stays live (start the controller with --allow-empty to apply an empty tree and prune everything)"
+            );
+            return self.reject(commit, vec![error]).await;
+        }
+
+        let count = desired.applications.len();
+        let before = read(&self.inner.state)
+            .source
+            .applied
+            .as_ref()
+            .map(|c| c.sha.clone())
+            .unwrap_or_default();
+        let stored = StoredSnapshot {
+            source: self.inner.identity.clone(),
+            commit: commit.clone(),
+            files: files.into_iter().map(|f| (f.path, f.contents)).collect(),
+        };
+        let record = AuditRecord::now(
+            Actor::Commit(commit.sha.clone()),
+            "",
+            "apply",
+            format!("{} ({count} applications)", commit.message),
+        )
+        .change(before, commit.sha.clone());
+        // The commit and its record are persisted together, before anything acts on it: after
+        // a crash the controller resumes from exactly this commit.
+        let store = self.inner.store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let json = serde_json::to_string(&stored)
+                .map_err(|e| StoreError::Db(format!("encoding the commit: {e}")))?;
+            // Applying a commit also clears the stored rejection of an older one.
+            store.commit(
+                &[(SNAPSHOT_KEY, json.as_str()), (REJECTED_KEY, "null")],
+                vec![record],
+            )
+        })
+        .await;
+        if let Err(e) = flatten(written) {
+            tracing::error!("cannot persist commit {}: {e}", commit.sha);
+            return self
+                .source_failed(format!("cannot record commit {}: {e}", commit.sha))
+                .await;
+        }
+        tracing::info!(commit = %commit.sha, "applying {count} applications");
+        {
+            let mut state = write(&self.inner.state);
+            state.desired = Some(Arc::new(desired));
+            state.seen_head = Some(commit.sha.clone());
+            state.source.rejected = None;
+            state.source.applied = Some(commit);
+        }
+        self.inner.reconcile_now.notify_one();
+    }
+
+    /// Records a rejected commit; the applied one stays live.
+    async fn reject(&self, commit: CommitInfo, errors: Vec<String>) {
+        tracing::warn!(commit = %commit.sha, "commit rejected:\n{}", errors.join("\n"));
+        let rejected = Rejected {
+            commit: commit.clone(),
+            errors: errors.clone(),
+        };
+        let stored = StoredRejection {
+            source: self.inner.identity.clone(),
+            rejected: rejected.clone(),
+        };
+        let record = AuditRecord::now(
+            Actor::Commit(commit.sha.clone()),
+            "",
+            "reject",
+            format!(
+                "commit rejected, the previous commit stays live: {}",
+                errors.join("; ")
+            ),
+        );
+        let store = self.inner.store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            store.put_with_records(REJECTED_KEY, &stored, vec![record])
+        })
+        .await;
+        if let Err(e) = flatten(written) {
+            // Not marking it seen makes the next poll try again.
+            tracing::error!("cannot record the rejection of {}: {e}", commit.sha);
+            return;
+        }
+        let mut state = write(&self.inner.state);
+        state.seen_head = Some(commit.sha);
+        state.source.rejected = Some(rejected);
+    }
+
+    async fn source_failed(&self, message: String) {
+        let first = {
+            let mut state = write(&self.inner.state);
+            state.source.last_check_ms = now_ms();
+            state.source.failures += 1;
+            state.source.error.replace(message.clone()).is_none()
+        };
+        tracing::warn!("fetch failed: {message}");
+        if first {
+            let _ = self
+                .audit(vec![AuditRecord::now(
+                    Actor::Controller,
+                    "",
+                    "source-error",
+                    format!("{message}; the last good commit keeps running"),
+                )])
+                .await;
+        }
+    }
+
+    async fn source_answered(&self) {
+        let recovered = {
+            let mut state = write(&self.inner.state);
+            state.source.last_check_ms = now_ms();
+            state.source.failures = 0;
+            state.source.error.take()
+        };
+        if let Some(was) = recovered {
+            let _ = self
+                .audit(vec![AuditRecord::now(
+                    Actor::Controller,
+                    "",
+                    "source-recovered",
+                    format!("the Git source answers again (was: {was})"),
+                )])
+                .await;
         }
     }
 
@@ -386,42 +505,37 @@ impl<R: Runtime + Clone> Controller<R> {
     }
 
     /// One level-triggered pass: observe, plan, act, report.
+    ///
+    /// The records of the actions are committed to the audit log before the actions run; if
+    /// they cannot be written, nothing is done this pass.
     pub async fn reconcile_once(&self, check_conflicts: bool) {
         let events = self.inner.runtime.drain_events();
-        if !events.is_empty() {
-            self.audit(events.into_iter().map(event_record).collect());
-        }
         let (desired, commit) = {
             let state = read(&self.inner.state);
-            match &state.desired {
-                Some(d) => (
-                    d.clone(),
-                    state
-                        .source
-                        .applied
-                        .as_ref()
-                        .map(|c| c.sha.clone())
-                        .unwrap_or_default(),
-                ),
-                None => return,
-            }
+            let commit = state
+                .source
+                .applied
+                .as_ref()
+                .map(|c| c.sha.clone())
+                .unwrap_or_default();
+            (state.desired.clone(), commit)
         };
-        let observed = {
-            let stopping = lock(&self.inner.stopping);
-            let mut all = self.inner.runtime.instances();
-            for inst in &mut all {
-                if stopping.contains(&inst.id) {
-                    inst.phase = gauntlet_runtime::Phase::Stopping;
-                }
-            }
-            all
+        let mut intent: Vec<AuditRecord> = events.into_iter().map(event_record).collect();
+        let Some(desired) = desired else {
+            let _ = self.audit(intent).await;
+            return;
         };
+        let observed = self.observed();
         let planned = plan(&desired, &observed);
+        intent.extend(planned.actions.iter().map(|a| action_record(a, &commit)));
+        if let Err(e) = self.audit(intent).await {
+            tracing::error!("not acting this pass: {e}");
+            return;
+        }
 
         let mut records = Vec::new();
         let mut errors: BTreeMap<String, String> = BTreeMap::new();
         for action in &planned.actions {
-            records.push(action_record(action, &commit));
             match action {
                 Action::Start { spec, .. } => {
                     if let Err(e) = self.inner.runtime.start((**spec).clone()).await {
@@ -442,47 +556,71 @@ impl<R: Runtime + Clone> Controller<R> {
         }
 
         let conflicts = if check_conflicts {
-            Some(find_conflicts(&desired, &observed))
+            let d = desired.clone();
+            let o = observed.clone();
+            tokio::task::spawn_blocking(move || find_conflicts(&d, &o))
+                .await
+                .ok()
         } else {
             None
         };
-        let mut state = write(&self.inner.state);
-        if let Some(c) = conflicts {
-            for (app, who) in &c {
-                if state.conflicts.get(app) != Some(who) {
-                    records.push(AuditRecord::now(
-                        Actor::Controller,
-                        app,
-                        "conflict",
-                        who.clone(),
-                    ));
+        {
+            let mut state = write(&self.inner.state);
+            if let Some(c) = conflicts {
+                for (app, who) in &c {
+                    if state.conflicts.get(app) != Some(who) {
+                        records.push(AuditRecord::now(
+                            Actor::Controller,
+                            app,
+                            "conflict",
+                            who.clone(),
+                        ));
+                    }
+                }
+                state.conflicts = c;
+            }
+            for (app, err) in &errors {
+                state.action_errors.insert(app.clone(), err.clone());
+            }
+            for (app, p) in &planned.apps {
+                if !errors.contains_key(app) && p.sync == SyncStatus::Synced {
+                    state.action_errors.remove(app);
                 }
             }
-            state.conflicts = c;
+            state.apps = app_statuses(&desired, &planned, &observed, &state, &commit);
+            // Audit health when its word changes, not at every new reason ("1 of 2 ready").
+            let mut health = BTreeMap::new();
+            for app in &state.apps {
+                let word = health_word(&app.health);
+                let before = state.health.get(&app.name).cloned();
+                if before.as_deref() != Some(word.as_str()) {
+                    records.push(
+                        AuditRecord::now(
+                            Actor::Controller,
+                            &app.name,
+                            "health",
+                            describe(&app.health),
+                        )
+                        .change(before.unwrap_or_default(), word.clone()),
+                    );
+                }
+                health.insert(app.name.clone(), word);
+            }
+            state.health = health;
         }
-        for (app, err) in &errors {
-            state.action_errors.insert(app.clone(), err.clone());
-        }
-        for (app, p) in &planned.apps {
-            if !errors.contains_key(app) && p.sync == SyncStatus::Synced {
-                state.action_errors.remove(app);
+        let _ = self.audit(records).await;
+    }
+
+    /// The runtime's instances, with those being stopped shown as stopping.
+    fn observed(&self) -> Vec<gauntlet_runtime::Instance> {
+        let stopping = lock(&self.inner.stopping);
+        let mut all = self.inner.runtime.instances();
+        for inst in &mut all {
+            if stopping.contains(&inst.id) {
+                inst.phase = gauntlet_runtime::Phase::Stopping;
             }
         }
-        for (app, p) in &planned.apps {
-            let before = state.health.insert(app.clone(), p.health.clone());
-            if before.as_ref() != Some(&p.health) {
-                records.push(
-                    AuditRecord::now(Actor::Controller, app, "health", describe(&p.health)).change(
-                        before.map(|h| health_word(&h)).unwrap_or_default(),
-                        health_word(&p.health),
-                    ),
-                );
-            }
-        }
-        state.health.retain(|app, _| planned.apps.contains_key(app));
-        state.apps = app_statuses(&desired, &planned, &observed, &state, &commit);
-        drop(state);
-        self.audit(records);
+        all
     }
 
     fn stop_in_background(&self, id: InstanceId) {
@@ -499,13 +637,36 @@ impl<R: Runtime + Clone> Controller<R> {
         });
     }
 
-    fn audit(&self, records: Vec<AuditRecord>) {
+    /// Appends to the audit log off the async threads (each write is an fsync'd commit).
+    async fn audit(&self, records: Vec<AuditRecord>) -> Result<(), ControllerError> {
         if records.is_empty() {
-            return;
+            return Ok(());
         }
-        if let Err(e) = self.inner.store.append(records) {
+        let store = self.inner.store.clone();
+        let written = tokio::task::spawn_blocking(move || store.append(records)).await;
+        flatten(written).map(drop).map_err(|e| {
             tracing::error!("cannot write the audit log: {e}");
-        }
+            e
+        })
+    }
+}
+
+/// Whether a fetch error is about the commit's content rather than the server.
+fn is_about_the_commit(e: &gauntlet_source::SourceError) -> bool {
+    use gauntlet_source::SourceError::*;
+    matches!(
+        e,
+        FileTooLarge { .. } | NotUtf8 { .. } | PathNotFound { .. }
+    )
+}
+
+fn flatten<T>(
+    r: Result<Result<T, StoreError>, tokio::task::JoinError>,
+) -> Result<T, ControllerError> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ControllerError::Store(e)),
+        Err(e) => Err(ControllerError::Task(e.to_string())),
     }
 }
 
@@ -516,16 +677,21 @@ fn app_statuses(
     state: &State,
     commit: &str,
 ) -> Vec<AppStatus> {
-    let mut out = Vec::with_capacity(planned.apps.len());
+    let instances_of = |name: &str| -> Vec<gauntlet_runtime::Instance> {
+        observed.iter().filter(|i| i.app == name).cloned().collect()
+    };
+    let mut out = Vec::with_capacity(planned.apps.len() + planned.pruned.len());
     for (name, p) in &planned.apps {
         let Some(app) = desired.applications.get(name) else {
             continue;
         };
         let mut warnings = Vec::new();
         let mut sync = p.sync;
+        let mut health = p.health.clone();
         if let Some(err) = state.action_errors.get(name) {
             warnings.push(err.clone());
             sync = SyncStatus::Error;
+            health = Health::Degraded(format!("cannot start: {err}"));
         }
         if let Some(c) = state.conflicts.get(name) {
             warnings.push(c.clone());
@@ -537,16 +703,32 @@ fn app_statuses(
             replicas: p.replicas,
             ready: p.ready,
             sync,
-            health: p.health.clone(),
+            health,
             service: app.value.spec.service.as_ref().map(|s| s.listen.clone()),
             warnings,
-            instances: observed
-                .iter()
-                .filter(|i| &i.app == name)
-                .cloned()
-                .collect(),
+            instances: instances_of(name),
         });
     }
+    // Removed from Git but not yet stopped: shown until its last instance is gone.
+    for name in &planned.pruned {
+        let instances = instances_of(name);
+        out.push(AppStatus {
+            name: name.clone(),
+            commit: commit.to_string(),
+            revision: String::new(),
+            replicas: 0,
+            ready: 0,
+            sync: SyncStatus::OutOfSync,
+            health: Health::Progressing(format!(
+                "pruning: removed from Git, {} instances stopping",
+                instances.len()
+            )),
+            service: None,
+            warnings: Vec::new(),
+            instances,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
 

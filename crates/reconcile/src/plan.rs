@@ -203,7 +203,14 @@ pub fn plan(desired: &DesiredState, observed: &[Instance]) -> Plan {
             }
         }
 
-        let health = health(&current, &old, replicas, ready, &blocked_by);
+        // Dependencies only hold back what is still to start: a running app whose dependency
+        // is rolling is not "waiting".
+        let waiting: &[&str] = if current.len() < replicas {
+            &blocked_by
+        } else {
+            &[]
+        };
+        let health = health(&current, &old, replicas, ready, waiting);
         let sync = if actions.is_empty() && current.len() == replicas && old.is_empty() {
             SyncStatus::Synced
         } else {
@@ -454,6 +461,23 @@ mod tests {
         let p = plan(&d, &[inst("db", &db_rev, 1, Phase::Ready)]);
         assert_eq!(starts(&p), 1);
         assert_eq!(p.actions[0].app(), "api");
+    }
+
+    #[test]
+    fn a_running_dependent_is_not_reported_waiting_while_its_dependency_rolls() {
+        let d = desired(&format!(
+            "{}{}",
+            app("db", "v2", 1, &[]),
+            app("api", "v1", 1, &["db"])
+        ));
+        let api_rev = d.applications["api"].revision.clone();
+        let obs = [
+            inst("db", "oldrev", 1, Phase::Ready),
+            inst("api", &api_rev, 2, Phase::Ready),
+        ];
+        let p = plan(&d, &obs);
+        assert_eq!(p.apps["api"].health, Health::Healthy);
+        assert!(matches!(p.apps["db"].health, Health::Progressing(_)));
     }
 
     #[test]

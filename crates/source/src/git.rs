@@ -317,7 +317,7 @@ fn redact(text: &str, auth: Option<&ResolvedAuth>) -> String {
 }
 
 /// A URL fit for logs and errors: a password (or an HTTP token given as user name) is hidden.
-pub(crate) fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };

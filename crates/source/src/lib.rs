@@ -49,6 +49,7 @@ use std::time::Duration;
 
 pub use auth::{Auth, Secret};
 pub use error::SourceError;
+pub use git::redact_url;
 pub use snapshot::{Snapshot, SourceFile};
 
 use git::Git;

@@ -138,12 +138,26 @@ impl Store {
 
     /// Appends records in one transaction and returns them with their sequence numbers.
     pub fn append(&self, records: Vec<AuditRecord>) -> Result<Vec<AuditRecord>, StoreError> {
-        if records.is_empty() {
+        self.commit(&[], records)
+    }
+
+    /// Writes state values and appends audit records in one transaction: both or neither, so
+    /// a state change is never without its record.
+    pub fn commit(
+        &self,
+        puts: &[(&str, &str)],
+        records: Vec<AuditRecord>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        if puts.is_empty() && records.is_empty() {
             return Ok(records);
         }
         let txn = self.db.begin_write().map_err(db_err)?;
         let mut out = Vec::with_capacity(records.len());
         {
+            let mut state = txn.open_table(STATE).map_err(db_err)?;
+            for (key, json) in puts {
+                state.insert(*key, *json).map_err(db_err)?;
+            }
             let mut table = txn.open_table(AUDIT).map_err(db_err)?;
             let first = match table.last().map_err(db_err)? {
                 Some((k, _)) => k.value() + 1,
@@ -158,6 +172,17 @@ impl Store {
         }
         txn.commit().map_err(db_err)?;
         Ok(out)
+    }
+
+    /// Stores `value` as JSON under `key` and appends `records`, in one transaction.
+    pub fn put_with_records<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        records: Vec<AuditRecord>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let json = serde_json::to_string(value).map_err(db_err)?;
+        self.commit(&[(key, json.as_str())], records)
     }
 
     /// The last `limit` audit records, oldest first, optionally only those of one application.
@@ -192,13 +217,7 @@ impl Store {
 
     /// Stores `value` as JSON under `key`.
     pub fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        let json = serde_json::to_string(value).map_err(db_err)?;
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = txn.open_table(STATE).map_err(db_err)?;
-            table.insert(key, json.as_str()).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)
+        self.put_with_records(key, value, Vec::new()).map(drop)
     }
 
     /// Reads the JSON value under `key`.
@@ -273,6 +292,29 @@ mod tests {
             vec!["2", "4"]
         );
         assert_eq!(store.history(None, 100).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn a_state_value_and_its_records_are_written_together() {
+        let (_dir, store) = store();
+        let recs = store
+            .put_with_records(
+                "snapshot",
+                &"abc",
+                vec![AuditRecord::now(
+                    Actor::Commit("abc".into()),
+                    "",
+                    "apply",
+                    "x",
+                )],
+            )
+            .unwrap();
+        assert_eq!(recs[0].seq, 1);
+        assert_eq!(
+            store.get::<String>("snapshot").unwrap().as_deref(),
+            Some("abc")
+        );
+        assert_eq!(store.history(None, 10).unwrap()[0].action, "apply");
     }
 
     #[test]
