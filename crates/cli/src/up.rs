@@ -303,6 +303,9 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
         }
     }
     drop(run);
+    // The server also ends when a `down` call asked for it, and may win the race above: what
+    // the call asked for is in the channel.
+    let what = (*shutdown_tx.borrow()).unwrap_or(what);
     if what == Shutdown::Everything {
         stop_all(&runtime).await;
     }

@@ -22,7 +22,7 @@ fn commit_is_deployed_and_a_new_revision_replaces_the_old() {
     repo.write("apps/web.yaml", &app_yaml("web", "v2", 2));
     let c2 = repo.commit("v2");
     ctl.sync();
-    let v2 = wait_until("v2 replaced v1", || {
+    let v2 = ctl.wait_until("v2 replaced v1", || {
         ctl.app("web").filter(|a| {
             a["revision"] != v1["revision"]
                 && a["health"]["status"] == "Healthy"
@@ -38,7 +38,7 @@ fn commit_is_deployed_and_a_new_revision_replaces_the_old() {
     for port in instance_ports(&v2) {
         assert_eq!(answer(port).as_deref(), Some("v2"));
     }
-    wait_until("v1 processes stopped", || {
+    ctl.wait_until("v1 processes stopped", || {
         instance_pids(&v1).iter().all(|p| !alive(*p)).then_some(())
     });
 
@@ -89,7 +89,7 @@ fn bad_commit_is_rejected_naming_file_and_line_and_the_old_commit_keeps_running(
     );
     let bad = repo.commit("bad");
     ctl.sync();
-    let status = wait_until("rejection reported", || {
+    let status = ctl.wait_until("rejection reported", || {
         let s = ctl.status();
         (s["source"]["rejected"]["commit"]["sha"] == bad.as_str()).then_some(s)
     });
@@ -127,13 +127,13 @@ fn unreachable_git_server_leaves_apps_running_and_recovery_applies_new_commits()
     ]);
     repo.git(&["remote", "add", "origin", &bare.display().to_string()]);
 
-    let port = free_port();
-    let mut daemon = GitDaemon::start(base.path(), port);
+    let mut daemon = GitDaemon::start_any(base.path(), "apps.git");
+    let port = daemon.port;
     let ctl = Controller::start(&daemon.url("apps.git"), &[]);
     let running = ctl.wait_healthy("web", 1);
 
     daemon.stop();
-    let status = wait_until("the fetch error in status", || {
+    let status = ctl.wait_until("the fetch error in status", || {
         let s = ctl.status();
         s["source"]["error"].is_string().then_some(s)
     });
@@ -145,9 +145,11 @@ fn unreachable_git_server_leaves_apps_running_and_recovery_applies_new_commits()
     repo.write("web.yaml", &app_yaml("web", "v2", 1));
     let c2 = repo.commit("v2");
     repo.git(&["push", "-q", "origin", "main"]);
-    let _daemon = GitDaemon::start(base.path(), port);
+    // The controller follows this URL, so the daemon must come back on the same port; `start`
+    // checks that it is the daemon answering there, not some other process.
+    let _daemon = GitDaemon::start(base.path(), port, "apps.git");
     ctl.sync();
-    wait_until("recovered and v2 applied", || {
+    ctl.wait_until("recovered and v2 applied", || {
         let s = ctl.status();
         (s["source"]["error"].is_null() && s["source"]["applied"]["sha"] == c2.as_str())
             .then_some(())
@@ -168,7 +170,7 @@ fn force_push_to_an_older_commit_is_followed() {
     assert_eq!(answer(instance_ports(&v2)[0]).as_deref(), Some("v2"));
     repo.git(&["reset", "-q", "--hard", &c1]);
     ctl.sync();
-    wait_until("back on v1", || {
+    ctl.wait_until("back on v1", || {
         let a = ctl.app("web")?;
         (ctl.applied() == c1
             && a["health"]["status"] == "Healthy"
@@ -188,7 +190,7 @@ fn killed_instance_is_restarted_on_the_same_port() {
     let pid = instance_pids(&app)[0];
     let port = instance_ports(&app)[0];
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    let healed = wait_until("a new process for the instance", || {
+    let healed = ctl.wait_until("a new process for the instance", || {
         ctl.app("web").filter(|a| {
             let i = &a["instances"][0];
             i["pid"].as_u64().is_some_and(|p| p != pid) && i["phase"]["phase"] == "ready"
@@ -210,7 +212,14 @@ fn sigkilled_controller_leaves_instances_serving_and_readopts_them_without_dupli
     repo.commit("v1");
     let mut ctl = Controller::start(&repo.path().display().to_string(), &[]);
     let before = ctl.wait_healthy("web", 2);
-    let history_before = ctl.history("").len();
+    let pids = instance_pids(&before);
+    assert_eq!(pids.len(), 2, "{before}");
+    assert_eq!(
+        ctl.processes(),
+        pids,
+        "the OS runs exactly the reported instances"
+    );
+    let records_before = seq_actions(&ctl.all_history());
 
     ctl.kill9();
     for port in instance_ports(&before) {
@@ -220,24 +229,56 @@ fn sigkilled_controller_leaves_instances_serving_and_readopts_them_without_dupli
             "serving without the controller"
         );
     }
+    assert_eq!(ctl.processes(), pids, "instances outlive the controller");
+
     ctl.spawn();
     let after = ctl.wait_healthy("web", 2);
+    assert_eq!(instance_pids(&after), pids, "same processes, adopted");
+    let adopted = |h: &[serde_json::Value]| h.iter().filter(|r| r["action"] == "adopted").count();
+    let history = ctl.wait_until("both instances' adoption audited", || {
+        let h = ctl.all_history();
+        (adopted(&h[records_before.len().min(h.len())..]) >= 2).then_some(h)
+    });
     assert_eq!(
-        instance_pids(&after),
-        instance_pids(&before),
-        "same processes, adopted"
+        ctl.processes(),
+        pids,
+        "no duplicate processes: the OS runs the same two"
     );
-    let all: Vec<u64> = after["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["port"].as_u64().unwrap())
-        .collect();
-    assert_eq!(all.len(), 2, "no duplicates");
+
+    let records_after = seq_actions(&history);
     assert!(
-        ctl.history("").len() >= history_before,
-        "no audit record lost"
+        records_after.len() >= records_before.len(),
+        "audit records lost: {records_before:?} then {records_after:?}"
     );
+    assert_eq!(
+        records_after[..records_before.len()],
+        records_before[..],
+        "every record from before the kill is still there, unchanged"
+    );
+    let new = &history[records_before.len()..];
+    let count = |action: &str| new.iter().filter(|r| r["action"] == action).count();
+    assert_eq!(count("adopted"), 2, "{new:#?}");
+    assert_eq!(count("start"), 1, "one controller start: {new:#?}");
+    for action in ["create", "update", "scale", "restarted", "lost", "retire"] {
+        assert_eq!(
+            count(action),
+            0,
+            "nothing started or stopped again: {new:#?}"
+        );
+    }
+}
+
+/// `(seq, action)` of each audit record, in order.
+fn seq_actions(history: &[serde_json::Value]) -> Vec<(u64, String)> {
+    history
+        .iter()
+        .map(|r| {
+            (
+                r["seq"].as_u64().unwrap_or_else(|| panic!("no seq: {r}")),
+                r["action"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -252,7 +293,7 @@ fn removed_application_is_pruned_and_its_processes_stopped() {
     repo.git(&["rm", "-q", "b.yaml"]);
     let c = repo.commit("remove gone");
     ctl.sync();
-    wait_until("gone pruned", || {
+    ctl.wait_until("gone pruned", || {
         (ctl.app("gone").is_none() && instance_pids(&gone).iter().all(|p| !alive(*p))).then_some(())
     });
     assert!(ctl.app("keep").is_some());
@@ -260,6 +301,36 @@ fn removed_application_is_pruned_and_its_processes_stopped() {
         .history("gone")
         .iter()
         .any(|r| r["action"] == "prune" && r["actor"]["id"] == c.as_str()));
+}
+
+#[test]
+fn stopping_the_controller_with_its_instances_leaves_no_process() {
+    let repo = Repo::new();
+    repo.write("web.yaml", &app_yaml("web", "v1", 2));
+    repo.commit("v1");
+    let mut ctl = Controller::start(&repo.path().display().to_string(), &[]);
+    // A few rounds: how the controller ends must not depend on which of its tasks ends first.
+    for round in 1..=3 {
+        if round > 1 {
+            ctl.spawn();
+        }
+        let app = ctl.wait_healthy("web", 2);
+        assert_eq!(ctl.processes(), instance_pids(&app));
+        let status = ctl
+            .shutdown(true)
+            .unwrap_or_else(|| panic!("round {round}: the controller still runs after 30 s"));
+        assert!(
+            status.success(),
+            "round {round}: {status}\n{}",
+            ctl.log_tail()
+        );
+        let left = ctl.processes();
+        assert!(
+            left.is_empty(),
+            "round {round}: processes {left:?} outlived a shutdown with stopInstances\n{}",
+            ctl.log_tail()
+        );
+    }
 }
 
 #[test]
@@ -274,8 +345,36 @@ fn depends_on_starts_the_dependency_first() {
     let ctl = Controller::start(&repo.path().display().to_string(), &[]);
     let api = ctl.wait_healthy("api", 1);
     let db = ctl.wait_healthy("db", 1);
-    let created = |a: &serde_json::Value| a["instances"][0]["createdMs"].as_u64().unwrap();
+    let created = |a: &serde_json::Value| {
+        a["instances"][0]["createdMs"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no createdMs: {a}"))
+    };
     assert!(created(&db) <= created(&api));
+
+    // The audit log tells the same story: api is created only once db is healthy.
+    let history = ctl.all_history();
+    let seq_of = |what: &str, found: Option<&serde_json::Value>| {
+        found
+            .and_then(|r| r["seq"].as_u64())
+            .unwrap_or_else(|| panic!("no {what} record in {history:#?}"))
+    };
+    let db_healthy = seq_of(
+        "db health -> Healthy",
+        history
+            .iter()
+            .find(|r| r["app"] == "db" && r["action"] == "health" && r["after"] == "Healthy"),
+    );
+    let api_created = seq_of(
+        "api create",
+        history
+            .iter()
+            .find(|r| r["app"] == "api" && r["action"] == "create"),
+    );
+    assert!(
+        db_healthy < api_created,
+        "db must be Healthy (seq {db_healthy}) before api is created (seq {api_created}): {history:#?}"
+    );
 }
 
 #[test]
@@ -296,37 +395,43 @@ fn webhook_with_a_bad_signature_is_refused_and_a_good_one_fetches_at_once() {
         ],
     );
     ctl.wait_healthy("web", 1);
-    repo.write("web.yaml", &app_yaml("web", "v2", 1));
-    let c2 = repo.commit("v2");
     let http = reqwest::blocking::Client::new();
     let body = br#"{"ref":"refs/heads/main"}"#.to_vec();
-    let bad = http
-        .post(format!("http://{}/api/v1/webhooks/git", ctl.listen))
-        .header("X-Hub-Signature-256", "sha256=0000")
-        .body(body.clone())
-        .send()
-        .unwrap();
-    assert_eq!(bad.status().as_u16(), 401);
-    let checks = ctl.status()["source"]["lastCheckMs"].clone();
-    assert_ne!(ctl.applied(), c2, "a refused webhook fetches nothing");
+    let webhook = |signature: &str| {
+        http.post(format!("http://{}/api/v1/webhooks/git", ctl.listen))
+            .header("X-Hub-Signature-256", signature)
+            .body(body.clone())
+            .send()
+            .unwrap_or_else(|e| panic!("POST the webhook: {e}"))
+            .status()
+            .as_u16()
+    };
 
+    let checks = ctl.checks();
+    assert_eq!(webhook("sha256=0000"), 401);
+    // A sync waits for a fetch pass that started after it. Had the refused webhook woken the
+    // fetch loop, that pass would come on top of the sync's.
+    let synced = ctl.sync()["source"]["checks"].as_u64();
+    assert_eq!(synced, Some(checks + 1), "only the sync fetched");
+    assert_eq!(
+        ctl.checks(),
+        checks + 1,
+        "a refused webhook fetches nothing"
+    );
+
+    repo.write("web.yaml", &app_yaml("web", "v2", 1));
+    let c2 = repo.commit("v2");
     let sig = {
         use hmac::{Mac, SimpleHmac};
-        let mut mac = SimpleHmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+        let mut mac = SimpleHmac::<sha2::Sha256>::new_from_slice(b"s3cret").expect("any key");
         mac.update(&body);
         hex::encode(mac.finalize().into_bytes())
     };
-    let good = http
-        .post(format!("http://{}/api/v1/webhooks/git", ctl.listen))
-        .header("X-Hub-Signature-256", format!("sha256={sig}"))
-        .body(body)
-        .send()
-        .unwrap();
-    assert_eq!(good.status().as_u16(), 202);
-    wait_until("the webhook's fetch applied v2", || {
+    assert_eq!(webhook(&format!("sha256={sig}")), 202);
+    ctl.wait_until("the webhook's fetch applied v2", || {
         (ctl.applied() == c2).then_some(())
     });
-    assert_ne!(ctl.status()["source"]["lastCheckMs"], checks);
+    assert!(ctl.checks() > checks + 1, "the webhook fetched");
 }
 
 #[test]
@@ -346,7 +451,8 @@ fn cli_status_history_diff_and_logs_work_against_the_running_controller() {
     let repo = Repo::new();
     repo.write("web.yaml", &app_yaml("web", "v1", 1));
     repo.commit("v1");
-    let ctl = Controller::start(&repo.path().display().to_string(), &[]);
+    // A one-hour interval: no poll can apply the "scale" commit before `gauntlet diff` shows it.
+    let ctl = Controller::start(&repo.path().display().to_string(), &["--interval", "1h"]);
     ctl.wait_healthy("web", 1);
 
     let out = ctl.run_cli(&["status"]);
@@ -400,7 +506,7 @@ fn a_process_started_by_hand_on_the_service_port_is_reported() {
     );
     repo.commit("v1");
     let ctl = Controller::start(&repo.path().display().to_string(), &[]);
-    let app = wait_until("the conflict reported", || {
+    let app = ctl.wait_until("the conflict reported", || {
         ctl.app("web").filter(|a| {
             a["warnings"].as_array().is_some_and(|w| {
                 w.iter().any(|w| {
@@ -422,13 +528,17 @@ fn a_process_started_by_hand_on_the_service_port_is_reported() {
 fn repeated_sigkill_of_the_controller_mid_update_corrupts_nothing() {
     let repo = Repo::new();
     repo.write("web.yaml", &app_yaml("web", "v0", 1));
-    repo.commit("v0");
+    let first = repo.commit("v0");
     let mut ctl = Controller::start(&repo.path().display().to_string(), &[]);
     ctl.wait_healthy("web", 1);
+    // Commits seen applied; the others may have been overtaken before they were applied.
+    let mut applied = vec![first];
+    let mut commits = applied.clone();
     let mut last = String::new();
     for i in 1..=4 {
         repo.write("web.yaml", &app_yaml("web", &format!("v{i}"), 1));
         last = repo.commit(&format!("v{i}"));
+        commits.push(last.clone());
         // Ask for a sync and kill the controller while it is fetching, applying or starting.
         let url = format!("http://{}/api/v1/sync", ctl.listen);
         let token = ctl.token();
@@ -440,9 +550,10 @@ fn repeated_sigkill_of_the_controller_mid_update_corrupts_nothing() {
         });
         if i % 2 == 0 {
             // Half the time, once the commit is applied: mid-start or mid-retire.
-            wait_until("the commit applied", || {
+            ctl.wait_until("the commit applied", || {
                 (ctl.applied() == last).then_some(())
             });
+            applied.push(last.clone());
         }
         // Otherwise at once: somewhere between the request and the fetch's end.
         ctl.kill9();
@@ -452,16 +563,121 @@ fn repeated_sigkill_of_the_controller_mid_update_corrupts_nothing() {
     let app = ctl.wait_healthy("web", 1);
     assert_eq!(ctl.applied(), last);
     assert_eq!(answer(instance_ports(&app)[0]).as_deref(), Some("v4"));
-    let seqs: Vec<u64> = ctl
-        .get("/api/v1/history?limit=100000")
-        .as_array()
-        .unwrap()
+
+    let history = ctl.all_history();
+    let applies: Vec<&str> = history
         .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
+        .filter(|r| r["action"] == "apply")
+        .map(|r| r["actor"]["id"].as_str().unwrap_or(""))
         .collect();
-    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-    assert_eq!(
-        seqs, expected,
-        "the audit log has no gaps and no torn records"
+    for sha in &applied {
+        assert!(
+            applies.contains(&sha.as_str()),
+            "{sha} was applied but has no apply record: {history:#?}"
+        );
+    }
+    for sha in &applies {
+        assert!(
+            commits.iter().any(|c| c == sha),
+            "an apply record names {sha:?}, not one of the commits: {history:#?}"
+        );
+    }
+
+    let revision = app["revision"].as_str().expect("a revision");
+    for instance in app["instances"].as_array().expect("instances") {
+        let id = instance["id"].as_str().expect("an instance id");
+        assert!(
+            id.starts_with(&format!("web-{revision}-")),
+            "{id} is not of revision {revision}"
+        );
+    }
+    assert!(
+        history.iter().any(|r| r["app"] == "web"
+            && (r["action"] == "create" || r["action"] == "update")
+            && r["after"] == revision),
+        "the running revision {revision} was started without a create or update record: {history:#?}"
     );
+    assert_eq!(
+        ctl.processes(),
+        instance_pids(&app),
+        "exactly the one instance runs, no orphan of an interrupted start"
+    );
+}
+
+#[test]
+fn update_starts_the_new_revision_and_waits_until_ready_before_stopping_the_old() {
+    let repo = Repo::new();
+    repo.write("web.yaml", &app_yaml("web", "v1", 2));
+    repo.commit("v1");
+    let ctl = Controller::start(&repo.path().display().to_string(), &[]);
+    let v1 = ctl.wait_healthy("web", 2);
+    repo.write("web.yaml", &app_yaml("web", "v2", 2));
+    repo.commit("v2");
+    ctl.sync();
+    let v2 = ctl.wait_until("v2 replaced v1", || {
+        ctl.app("web")
+            .filter(|a| a["revision"] != v1["revision"] && a["health"]["status"] == "Healthy")
+            .filter(|a| a["instances"].as_array().is_some_and(|i| i.len() == 2))
+            .filter(|a| {
+                a["instances"]
+                    .as_array()
+                    .is_some_and(|i| i.iter().all(|i| i["revision"] == a["revision"]))
+            })
+    });
+    ctl.wait_until("the v1 processes stopped", || {
+        instance_pids(&v1).iter().all(|p| !alive(*p)).then_some(())
+    });
+
+    let history = ctl.history("web");
+    let first_retire = history
+        .iter()
+        .find(|r| r["action"] == "retire")
+        .and_then(|r| r["seq"].as_u64())
+        .unwrap_or_else(|| panic!("no retire record: {history:#?}"));
+    for instance in v2["instances"].as_array().expect("instances") {
+        let id = instance["id"].as_str().expect("an instance id");
+        let ready = history
+            .iter()
+            .find(|r| {
+                r["action"] == "ready"
+                    && r["reason"]
+                        .as_str()
+                        .is_some_and(|why| why.starts_with(&format!("{id}:")))
+            })
+            .and_then(|r| r["seq"].as_u64())
+            .unwrap_or_else(|| panic!("no ready record for {id}: {history:#?}"));
+        assert!(
+            ready < first_retire,
+            "{id} must be ready (seq {ready}) before the old revision is retired (seq {first_retire}): {history:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_commit_that_empties_the_tree_is_rejected_while_apps_run() {
+    let repo = Repo::new();
+    repo.write("web.yaml", &app_yaml("web", "v1", 1));
+    let good = repo.commit("v1");
+    let ctl = Controller::start(&repo.path().display().to_string(), &[]);
+    let before = ctl.wait_healthy("web", 1);
+    repo.git(&["rm", "-q", "web.yaml"]);
+    let empty = repo.commit("remove everything");
+    ctl.sync();
+    // Either outcome ends the wait, so that a wrongly applied empty tree fails at once.
+    let status = ctl.wait_until("the empty commit judged", || {
+        let s = ctl.status();
+        (s["source"]["rejected"]["commit"]["sha"] == empty.as_str()
+            || s["source"]["applied"]["sha"] == empty.as_str())
+        .then_some(s)
+    });
+    assert_eq!(
+        status["source"]["applied"]["sha"],
+        good.as_str(),
+        "an empty tree must not be applied: {status:#}"
+    );
+    let errors = status["source"]["rejected"]["errors"].to_string();
+    assert!(errors.contains("--allow-empty"), "{errors}");
+    let after = ctl.app("web").expect("web still in the applied commit");
+    assert_eq!(instance_pids(&after), instance_pids(&before));
+    assert_eq!(answer(instance_ports(&after)[0]).as_deref(), Some("v1"));
 }

@@ -3,6 +3,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -109,19 +110,54 @@ fn demo_app_serves_its_version_and_fails_at_its_error_rate() {
 
 #[test]
 fn demo_runs_every_stage_and_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    // Output goes to files, not pipes: nobody reads a pipe while we wait, and a full one
+    // would block the demo.
+    let out_path = dir.path().join("demo.stdout");
+    let err_path = dir.path().join("demo.stderr");
+    let file = |p: &std::path::Path| std::fs::File::create(p).expect("an output file");
+    let mut child = Command::new(BIN)
         .args(["demo", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+        .arg(dir.path().join("demo"))
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(file(&out_path))
+        .stderr(file(&err_path))
+        .spawn()
+        .expect("gauntlet demo starts");
+    let output = || {
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            std::fs::read_to_string(&out_path).unwrap_or_default(),
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Ok(None) => {
+                // Not yet reaped, so the group id is still the demo's own.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+                // The instances run in sessions of their own: stop them too.
+                for pid in instance_processes(&dir.path().join("demo/state")) {
+                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                }
+                panic!("the demo did not finish within 180 s\n{}", output());
+            }
+            Err(e) => panic!("waiting for the demo: {e}\n{}", output()),
+        }
+    };
     assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        status.success(),
+        "the demo exited with {status}\n{}",
+        output()
     );
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
     for stage in ["1/5", "2/5", "3/5", "4/5", "5/5", "demo passed"] {
-        assert!(text.contains(stage), "{stage} missing:\n{text}");
+        assert!(text.contains(stage), "{stage} missing:\n{}", output());
     }
 }

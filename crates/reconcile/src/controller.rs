@@ -527,6 +527,9 @@ impl<R: Runtime + Clone> Controller<R> {
         };
         let observed = self.observed();
         let planned = plan(&desired, &observed);
+        // Health changes first: a dependency becoming healthy is what lets its dependents
+        // start in this same pass, and the log must read in that order.
+        intent.extend(write(&self.inner.state).refresh(&desired, &planned, &observed, &commit));
         intent.extend(planned.actions.iter().map(|a| action_record(a, &commit)));
         if let Err(e) = self.audit(intent).await {
             tracing::error!("not acting this pass: {e}");
@@ -587,26 +590,7 @@ impl<R: Runtime + Clone> Controller<R> {
                     state.action_errors.remove(app);
                 }
             }
-            state.apps = app_statuses(&desired, &planned, &observed, &state, &commit);
-            // Audit health when its word changes, not at every new reason ("1 of 2 ready").
-            let mut health = BTreeMap::new();
-            for app in &state.apps {
-                let word = health_word(&app.health);
-                let before = state.health.get(&app.name).cloned();
-                if before.as_deref() != Some(word.as_str()) {
-                    records.push(
-                        AuditRecord::now(
-                            Actor::Controller,
-                            &app.name,
-                            "health",
-                            describe(&app.health),
-                        )
-                        .change(before.unwrap_or_default(), word.clone()),
-                    );
-                }
-                health.insert(app.name.clone(), word);
-            }
-            state.health = health;
+            records.extend(state.refresh(&desired, &planned, &observed, &commit));
         }
         let _ = self.audit(records).await;
     }
@@ -648,6 +632,40 @@ impl<R: Runtime + Clone> Controller<R> {
             tracing::error!("cannot write the audit log: {e}");
             e
         })
+    }
+}
+
+impl State {
+    /// Recomputes every application's status and returns an audit record for each whose
+    /// health word changed (not at every new reason, such as "1 of 2 ready").
+    fn refresh(
+        &mut self,
+        desired: &DesiredState,
+        planned: &Plan,
+        observed: &[gauntlet_runtime::Instance],
+        commit: &str,
+    ) -> Vec<AuditRecord> {
+        self.apps = app_statuses(desired, planned, observed, self, commit);
+        let mut records = Vec::new();
+        let mut health = BTreeMap::new();
+        for app in &self.apps {
+            let word = health_word(&app.health);
+            let before = self.health.get(&app.name).cloned();
+            if before.as_deref() != Some(word.as_str()) {
+                records.push(
+                    AuditRecord::now(
+                        Actor::Controller,
+                        &app.name,
+                        "health",
+                        describe(&app.health),
+                    )
+                    .change(before.unwrap_or_default(), word.clone()),
+                );
+            }
+            health.insert(app.name.clone(), word);
+        }
+        self.health = health;
+        records
     }
 }
 

@@ -521,6 +521,13 @@ impl Inner {
     }
 
     /// Sets the phase unless the instance is being stopped (stopping is final).
+    fn phase(&self, id: &InstanceId) -> Option<Phase> {
+        lock(&self.table)
+            .slots
+            .get(id)
+            .map(|slot| slot.instance.phase.clone())
+    }
+
     fn set_phase(&self, id: &InstanceId, phase: Phase) -> bool {
         let mut changed = false;
         self.update(id, |slot| {

@@ -391,9 +391,16 @@ impl Supervisor {
         }
     }
 
+    /// The event is queued before the phase shows, so a pass that sees the instance ready
+    /// (and retires the old revision) also finds the event that explains it.
     fn became_ready(&self, detail: &str) {
-        if self.rt.set_phase(&self.id, Phase::Ready) {
+        if self
+            .rt
+            .phase(&self.id)
+            .is_some_and(|p| p != Phase::Ready && p != Phase::Stopping)
+        {
             self.emit("ready", detail.to_string());
+            self.rt.set_phase(&self.id, Phase::Ready);
         }
     }
 
