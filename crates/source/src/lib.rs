@@ -94,6 +94,11 @@ impl GitSource {
     pub fn new(config: SourceConfig) -> Self {
         let git = Git {
             git_dir: config.cache_dir.clone(),
+            protocol_version: if config.repo.trim_start().starts_with("git://") {
+                0
+            } else {
+                2
+            },
             repo_display: git::redact_url(&config.repo),
             timeout: DEFAULT_TIMEOUT,
         };
