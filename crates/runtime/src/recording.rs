@@ -125,14 +125,7 @@ mod tests {
         InstanceSpec {
             app: app.into(),
             revision: "r1".into(),
-            process: ProcessSpec {
-                command: vec!["true".into()],
-                args: vec![],
-                env: Default::default(),
-                working_dir: None,
-                artifact: None,
-                termination_grace_period_seconds: None,
-            },
+            process: ProcessSpec::new(["true"]),
             readiness: None,
         }
     }

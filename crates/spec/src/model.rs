@@ -85,6 +85,25 @@ pub struct ProcessSpec {
     pub termination_grace_period_seconds: Option<u32>,
 }
 
+impl ProcessSpec {
+    /// A process that runs `command` with nothing else set.
+    ///
+    /// ```
+    /// let p = gauntlet_spec::ProcessSpec::new(["sleep", "1"]);
+    /// assert_eq!(p.command, ["sleep", "1"]);
+    /// ```
+    pub fn new<S: Into<String>>(command: impl IntoIterator<Item = S>) -> Self {
+        ProcessSpec {
+            command: command.into_iter().map(Into::into).collect(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            working_dir: None,
+            artifact: None,
+            termination_grace_period_seconds: None,
+        }
+    }
+}
+
 /// A downloadable build of the application.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -111,14 +111,7 @@ mod tests {
             spec: InstanceSpec {
                 app: "web".into(),
                 revision: "abc".into(),
-                process: ProcessSpec {
-                    command: vec!["sleep".into(), "1".into()],
-                    args: vec![],
-                    env: Default::default(),
-                    working_dir: None,
-                    artifact: None,
-                    termination_grace_period_seconds: None,
-                },
+                process: ProcessSpec::new(["sleep", "1"]),
                 readiness: None,
             },
             port: 1234,

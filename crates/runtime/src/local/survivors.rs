@@ -183,14 +183,7 @@ mod tests {
             spec: InstanceSpec {
                 app: "web".into(),
                 revision: "abc".into(),
-                process: ProcessSpec {
-                    command: vec!["sleep".into()],
-                    args: vec![],
-                    env: Default::default(),
-                    working_dir: None,
-                    artifact: None,
-                    termination_grace_period_seconds: None,
-                },
+                process: ProcessSpec::new(["sleep"]),
                 readiness: None,
             },
             port: 1,
