@@ -266,6 +266,13 @@ fn sigkilled_controller_leaves_instances_serving_and_readopts_them_without_dupli
             "nothing started or stopped again: {new:#?}"
         );
     }
+    // Adopted ready instances stay ready: the restart is not a health change.
+    assert!(
+        new.iter()
+            .filter(|r| r["action"] == "health")
+            .all(|r| r["after"] == "Healthy"),
+        "no health flap across the restart: {new:#?}"
+    );
 }
 
 /// `(seq, action)` of each audit record, in order.

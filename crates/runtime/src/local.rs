@@ -6,8 +6,10 @@
 //! are started in their own session with their output going to a file (`process.rs`), so they
 //! survive the controller. The table is persisted after every change (`records.rs`); when the
 //! runtime opens again it re-adopts each recorded process that still runs (same pid and same
-//! start time) and starts a new one for each that does not. Artifacts are fetched, verified
-//! and cached by hash (`artifact.rs`).
+//! start time) and starts a new one for each that does not. A record also says whether the
+//! instance was ready; an adopted process that was resumes as `Ready` at once (its probe keeps
+//! running and demotes it as for any ready instance), so a controller restart never withdraws
+//! serving instances. Artifacts are fetched, verified and cached by hash (`artifact.rs`).
 //!
 //! A controller can die after starting a process and before recording it. Every instance
 //! therefore carries `GAUNTLET_INSTANCE={id}` and `GAUNTLET_STATE_DIR={canonical state
@@ -231,13 +233,20 @@ impl LocalRuntime {
         let runtime = LocalRuntime { inner };
         for (record, initial) in records.into_iter().zip(recovery.initial) {
             let running = initial.running();
+            // An adopted process that was ready stays ready: a controller restart must not
+            // withdraw a serving instance. Its probe keeps running and demotes it as usual.
+            let phase = if initial.ready() {
+                Phase::Ready
+            } else {
+                Phase::Starting
+            };
             let instance = Instance {
                 id: record.id,
                 app: record.spec.app.clone(),
                 revision: record.spec.revision.clone(),
                 port: record.port,
                 pid: running.map(|(pid, _)| pid),
-                phase: Phase::Starting,
+                phase,
                 restarts: record.restarts,
                 created_ms: record.created_ms,
             };
@@ -496,6 +505,7 @@ impl Inner {
                 start_time: s.start_time,
                 restarts: s.instance.restarts,
                 created_ms: s.instance.created_ms,
+                ready: s.instance.phase == Phase::Ready,
             })
             .collect();
         records::save(&self.records_path, records)
@@ -520,7 +530,7 @@ impl Inner {
         }
     }
 
-    /// Sets the phase unless the instance is being stopped (stopping is final).
+    /// The instance's current phase; `None` when it is no longer known.
     fn phase(&self, id: &InstanceId) -> Option<Phase> {
         lock(&self.table)
             .slots
@@ -528,14 +538,23 @@ impl Inner {
             .map(|slot| slot.instance.phase.clone())
     }
 
+    /// Sets the phase unless the instance is being stopped (stopping is final); true when it
+    /// changed. When the instance becomes ready or stops being ready the records are saved,
+    /// so the next controller knows whether an adopted process was serving.
     fn set_phase(&self, id: &InstanceId, phase: Phase) -> bool {
         let mut changed = false;
+        let mut readiness_changed = false;
         self.update(id, |slot| {
             if slot.instance.phase != Phase::Stopping && slot.instance.phase != phase {
+                readiness_changed =
+                    (slot.instance.phase == Phase::Ready) != (phase == Phase::Ready);
                 slot.instance.phase = phase;
                 changed = true;
             }
         });
+        if readiness_changed {
+            self.persist_or_warn();
+        }
         changed
     }
 

@@ -862,3 +862,147 @@ async fn an_artifact_is_downloaded_over_http() {
         .await
         .expect("stop server");
 }
+
+/// An HTTP server instance serving `site`, ready while `site/healthz` exists.
+fn health_checked_server(app: &str, site: &Path) -> InstanceSpec {
+    let mut s = spec(
+        app,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "${PORT}",
+            "--bind",
+            "127.0.0.1",
+        ],
+    );
+    s.process.working_dir = Some(site.display().to_string());
+    s.readiness = Some(Probe {
+        http_get: Some(HttpGetAction {
+            path: "/healthz".into(),
+            port: None,
+            host: None,
+        }),
+        ..probe()
+    });
+    s
+}
+
+/// The `ready` field of the only record in `instances.json`.
+fn recorded_ready(state: &Path) -> Option<bool> {
+    let text = std::fs::read_to_string(state.join("runtime/instances.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["instances"][0]["ready"].as_bool()
+}
+
+/// Starts a health-checked server, waits until it is ready and recorded as ready, and shuts
+/// the runtime down as a dying controller would. Returns the instance as it was before.
+async fn ready_server_then_controller_gone(h: &mut Harness, app: &str) -> (Instance, PathBuf) {
+    let site = h.state().join("site");
+    std::fs::create_dir_all(&site).expect("site dir");
+    std::fs::write(site.join("healthz"), "ok").expect("healthz");
+    h.rt.start(health_checked_server(app, &site))
+        .await
+        .expect("start");
+    let before = h
+        .wait_one("ready", |i| i.is_ready() && i.pid.is_some())
+        .await;
+    h.extra_pids.push(before.pid.expect("pid"));
+    // Written when the phase became ready, not only at shutdown.
+    eventually("the record to say ready", || {
+        recorded_ready(h.state()) == Some(true)
+    })
+    .await;
+    h.rt.shutdown().await;
+    assert!(is_running(before.pid.expect("pid")));
+    (before, site)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_instance_is_adopted_ready_without_waiting_for_its_probe() {
+    let mut h = Harness::new().await;
+    let (before, _site) = ready_server_then_controller_gone(&mut h, "keepready").await;
+
+    h.rt = LocalRuntime::open(h.state()).await.expect("reopen");
+    let first = h.rt.instances();
+    assert_eq!(first.len(), 1, "{first:#?}");
+    assert_eq!(first[0].phase, Phase::Ready, "{first:#?}");
+    assert_eq!(first[0].id, before.id);
+    assert_eq!(first[0].pid, before.pid);
+    assert_eq!(first[0].port, before.port);
+    assert_eq!(first[0].restarts, 0);
+    let actions = h.event_actions();
+    assert!(actions.contains(&"adopted".to_string()), "{actions:?}");
+    assert!(!actions.contains(&"lost".to_string()), "{actions:?}");
+    assert_eq!(recorded_ready(h.state()), Some(true));
+
+    // Still probed: the server logs new probe requests after adoption (two, so one that was
+    // in flight when the old runtime shut down does not count).
+    let probes = |h: &Harness| h.log_of(&before).matches("GET /healthz HTTP/1.1").count();
+    let at_open = probes(&h);
+    eventually("probe requests after adoption", || {
+        probes(&h) >= at_open + 2
+    })
+    .await;
+    assert!(h.rt.instances()[0].is_ready());
+    with_timeout(h.rt.stop(&before.id)).await.expect("stop");
+    let pid = before.pid.expect("pid");
+    eventually("the adopted process to die", || !is_running(pid)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_adopted_ready_is_demoted_when_its_probe_fails() {
+    let mut h = Harness::new().await;
+    let (before, site) = ready_server_then_controller_gone(&mut h, "demoted").await;
+
+    h.rt = LocalRuntime::open(h.state()).await.expect("reopen");
+    let first = h.rt.instances();
+    assert_eq!(first.len(), 1, "{first:#?}");
+    assert_eq!(first[0].phase, Phase::Ready, "{first:#?}");
+    assert_eq!(first[0].pid, before.pid);
+
+    // The process keeps running but its health check stops answering 2xx.
+    std::fs::remove_file(site.join("healthz")).expect("remove healthz");
+    let unready = h
+        .wait_one("unready", |i| matches!(i.phase, Phase::Unready { .. }))
+        .await;
+    let Phase::Unready { reason } = &unready.phase else {
+        unreachable!()
+    };
+    assert!(reason.contains("404"), "{reason}");
+    assert_eq!(unready.pid, before.pid, "demoted, not restarted");
+    assert_eq!(unready.restarts, 0);
+    let actions = h.event_actions();
+    assert!(actions.contains(&"adopted".to_string()), "{actions:?}");
+    assert!(actions.contains(&"unready".to_string()), "{actions:?}");
+    eventually("the record to say not ready", || {
+        recorded_ready(h.state()) == Some(false)
+    })
+    .await;
+    with_timeout(h.rt.stop(&before.id)).await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_adopted_without_a_ready_record_starts_as_before() {
+    let mut h = Harness::new().await;
+    let (before, _site) = ready_server_then_controller_gone(&mut h, "oldrecord").await;
+    // As a controller from before readiness was recorded would have left the file.
+    edit_records(h.state(), |json| {
+        json["instances"][0]
+            .as_object_mut()
+            .expect("record")
+            .remove("ready");
+    });
+
+    h.rt = LocalRuntime::open(h.state()).await.expect("reopen");
+    let first = h.rt.instances();
+    assert_eq!(first.len(), 1, "{first:#?}");
+    assert_eq!(first[0].phase, Phase::Starting, "{first:#?}");
+    assert_eq!(first[0].pid, before.pid);
+    let after = h.wait_one("ready", |i| i.is_ready()).await;
+    assert_eq!(after.pid, before.pid);
+    let actions = h.event_actions();
+    assert!(actions.contains(&"adopted".to_string()), "{actions:?}");
+    assert!(actions.contains(&"ready".to_string()), "{actions:?}");
+    with_timeout(h.rt.stop(&before.id)).await.expect("stop");
+}

@@ -103,6 +103,14 @@ impl Readiness {
         }
     }
 
+    /// This readiness, but beginning as ready: for a process adopted after a controller
+    /// restart that was ready before it. No success is needed to stay ready;
+    /// `failure_threshold` consecutive failures make it unready.
+    pub fn resumed_ready(mut self) -> Self {
+        self.ready = true;
+        self
+    }
+
     /// Records one probe outcome; returns the transition it causes, if any.
     pub fn observe(&mut self, outcome: Result<(), String>) -> Option<Became> {
         match outcome {
@@ -193,6 +201,21 @@ mod tests {
     fn failures_before_first_ready_do_not_report_unready() {
         let mut r = Readiness::new(1, 1);
         assert_eq!(r.observe(Err("refused".into())), None);
+        assert_eq!(r.observe(Ok(())), Some(Became::Ready));
+    }
+
+    #[test]
+    fn resumed_ready_stays_ready_on_success_and_is_demoted_by_the_failure_threshold() {
+        let mut r = Readiness::new(3, 2).resumed_ready();
+        assert_eq!(r.observe(Ok(())), None);
+        assert_eq!(r.observe(Err("a".into())), None);
+        assert_eq!(
+            r.observe(Err("b".into())),
+            Some(Became::Unready { reason: "b".into() })
+        );
+        // Ready again only after the success threshold, as for any process.
+        assert_eq!(r.observe(Ok(())), None);
+        assert_eq!(r.observe(Ok(())), None);
         assert_eq!(r.observe(Ok(())), Some(Became::Ready));
     }
 

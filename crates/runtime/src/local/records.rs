@@ -5,6 +5,10 @@
 //!
 //! A record names the process by pid *and* start time (field 22 of `/proc/{pid}/stat`): a
 //! pid alone may have been reused by an unrelated process after a reboot or a long outage.
+//!
+//! A record also says whether the instance was ready, so a controller that restarts can show
+//! an adopted, serving process as ready at once instead of withdrawing it until its probe
+//! passes again. The file is rewritten whenever readiness changes (not at every probe).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -29,6 +33,10 @@ pub(crate) struct InstanceRecord {
     pub start_time: Option<u64>,
     pub restarts: u32,
     pub created_ms: u64,
+    /// The instance was `Phase::Ready` when the record was written. Absent in files written
+    /// before this field existed, which load as not ready.
+    #[serde(default)]
+    pub ready: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -119,10 +127,39 @@ mod tests {
             start_time: Some(99),
             restarts: 2,
             created_ms: 7,
+            ready: true,
         };
         save(&path, vec![record.clone()]).unwrap();
         assert_eq!(load(&path).unwrap(), vec![record]);
         assert!(!path.with_extension("json.tmp").exists());
+    }
+
+    #[test]
+    fn a_file_written_before_readiness_was_recorded_loads_as_not_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("instances.json");
+        let old = r#"{
+          "version": 1,
+          "instances": [{
+            "id": "web-abc-k3x9q",
+            "spec": {
+              "app": "web",
+              "revision": "abc",
+              "process": { "command": ["sleep", "1"] },
+              "readiness": null
+            },
+            "port": 1234,
+            "pid": 42,
+            "startTime": 99,
+            "restarts": 0,
+            "createdMs": 7
+          }]
+        }"#;
+        fs::write(&path, old).unwrap();
+        let records = load(&path).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].pid, Some(42));
+        assert!(!records[0].ready);
     }
 
     #[test]

@@ -39,11 +39,21 @@ pub(crate) enum Control {
 pub(crate) enum Initial {
     /// A new instance, or a recorded one that never had a process.
     Fresh,
-    /// The recorded process still runs: watch it, do not start another.
-    Adopt { pid: u32, start_time: u64 },
+    /// The recorded process still runs: watch it, do not start another. `ready`: the record
+    /// says the instance was ready, so it resumes as ready.
+    Adopt {
+        pid: u32,
+        start_time: u64,
+        ready: bool,
+    },
     /// No recorded process runs, but one carrying this instance's identity does (the
-    /// controller died before recording it): watch it, do not start another.
-    Found { pid: u32, start_time: u64 },
+    /// controller died before recording it): watch it, do not start another. `ready` as for
+    /// `Adopt`.
+    Found {
+        pid: u32,
+        start_time: u64,
+        ready: bool,
+    },
     /// The recorded process is gone (or its pid was reused): start a new one.
     Lost { pid: u32 },
 }
@@ -52,10 +62,22 @@ impl Initial {
     /// The process the supervisor begins by watching, as `(pid, start_time)`.
     pub fn running(&self) -> Option<(u32, u64)> {
         match *self {
-            Initial::Adopt { pid, start_time } | Initial::Found { pid, start_time } => {
-                Some((pid, start_time))
+            Initial::Adopt {
+                pid, start_time, ..
             }
+            | Initial::Found {
+                pid, start_time, ..
+            } => Some((pid, start_time)),
             Initial::Fresh | Initial::Lost { .. } => None,
+        }
+    }
+
+    /// Whether the instance begins in `Phase::Ready`: only an adopted process whose record
+    /// says it was ready. Its probe keeps running and demotes it like any ready instance.
+    pub fn ready(&self) -> bool {
+        match *self {
+            Initial::Adopt { ready, .. } | Initial::Found { ready, .. } => ready,
+            Initial::Fresh | Initial::Lost { .. } => false,
         }
     }
 }
@@ -125,18 +147,24 @@ impl Supervisor {
     pub async fn run(self, initial: Initial) {
         let mut backoff = Backoff::default();
         let mut adopted = None;
+        // The adopted process resumes as ready (the runtime shows it `Ready` already).
+        let resumed_ready = initial.ready();
         // How the previous process ended; `Some` makes the next start a restart.
         let mut previous_exit: Option<String> = None;
         match initial {
             Initial::Fresh => {}
-            Initial::Adopt { pid, start_time } => {
+            Initial::Adopt {
+                pid, start_time, ..
+            } => {
                 self.emit(
                     "adopted",
                     format!("pid {pid} still runs; supervising it again"),
                 );
                 adopted = Some(Proc::Adopted { pid, start_time });
             }
-            Initial::Found { pid, start_time } => {
+            Initial::Found {
+                pid, start_time, ..
+            } => {
                 self.emit(
                     "adopted",
                     format!(
@@ -156,8 +184,8 @@ impl Supervisor {
         }
 
         loop {
-            let (mut proc, launch) = match adopted.take() {
-                Some(proc) => (proc, self.plan(self.cached_artifact_dir())),
+            let (mut proc, launch, ready) = match adopted.take() {
+                Some(proc) => (proc, self.plan(self.cached_artifact_dir()), resumed_ready),
                 None => {
                     let launched = tokio::select! {
                         biased;
@@ -169,7 +197,7 @@ impl Supervisor {
                         Err(_) => break,
                         Ok(Ok((proc, launch))) => {
                             self.started(&proc, previous_exit.take());
-                            (proc, launch)
+                            (proc, launch, false)
                         }
                         Ok(Err(e)) => {
                             let restart = backoff.on_start_failure();
@@ -197,7 +225,7 @@ impl Supervisor {
             };
 
             let running_since = Instant::now();
-            let how = match self.supervise(&mut proc, &launch).await {
+            let how = match self.supervise(&mut proc, &launch, ready).await {
                 Ended::Exited(how) => how,
                 Ended::Interrupted(Wake::Shutdown) => return,
                 Ended::Interrupted(_) => {
@@ -320,14 +348,15 @@ impl Supervisor {
     }
 
     /// Waits until the process dies or the supervisor is interrupted, probing readiness and
-    /// rotating the log meanwhile.
-    async fn supervise(&self, proc: &mut Proc, launch: &Launch) -> Ended {
+    /// rotating the log meanwhile. `ready`: the process resumes as ready (see
+    /// [`Supervisor::probe_readiness`]).
+    async fn supervise(&self, proc: &mut Proc, launch: &Launch, ready: bool) -> Ended {
         let poll = self.rt.options.adopted_poll_interval;
         tokio::select! {
             biased;
             wake = self.interrupted() => Ended::Interrupted(wake),
             how = wait_exit(proc, poll) => Ended::Exited(how),
-            never = self.probe_readiness(launch) => match never {},
+            never = self.probe_readiness(launch, ready) => match never {},
             never = self.rotate_logs() => match never {},
         }
     }
@@ -358,7 +387,11 @@ impl Supervisor {
         }
     }
 
-    async fn probe_readiness(&self, launch: &Launch) -> std::convert::Infallible {
+    /// Probes for as long as the process runs. A process that resumes as ready (adopted, and
+    /// ready before the controller restarted) is probed at once, without the initial delay
+    /// meant for a process that just started, and is demoted only after
+    /// `failure_threshold` consecutive failures, like any ready instance.
+    async fn probe_readiness(&self, launch: &Launch, ready: bool) -> std::convert::Infallible {
         let probe = self
             .spec
             .readiness
@@ -368,8 +401,12 @@ impl Supervisor {
             self.became_ready("running; no readiness probe");
             return std::future::pending().await;
         };
-        tokio::time::sleep(Duration::from_secs(u64::from(probe.initial_delay_seconds))).await;
         let mut readiness = Readiness::new(probe.success_threshold, probe.failure_threshold);
+        if ready {
+            readiness = readiness.resumed_ready();
+        } else {
+            tokio::time::sleep(Duration::from_secs(u64::from(probe.initial_delay_seconds))).await;
+        }
         let mut ticker =
             tokio::time::interval(Duration::from_secs(u64::from(probe.period_seconds.max(1))));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

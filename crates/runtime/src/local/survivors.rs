@@ -120,10 +120,12 @@ pub(crate) fn scan(state_dir: &Path) -> Vec<Survivor> {
 /// Decides how each recorded instance resumes, given the survivors found and whether a
 /// recorded `(pid, start_time)` still runs.
 ///
-/// A recorded process that runs is adopted. Otherwise the oldest survivor carrying the
+/// A recorded process that runs is adopted, ready if its record says the instance was.
+/// Otherwise the oldest survivor carrying the
 /// instance's id is (a leader that started later can only be something the instance forked
 /// into its own session). Other survivors of a recorded instance are left alone, for the same
-/// reason. Survivors of ids without a record are orphans.
+/// reason; it too resumes ready if the record says the instance was. A process that is
+/// started anew is never ready. Survivors of ids without a record are orphans.
 pub(crate) fn recover(
     records: &[InstanceRecord],
     survivors: Vec<Survivor>,
@@ -142,7 +144,11 @@ pub(crate) fn recover(
             let mut found = by_instance.remove(&record.id).unwrap_or_default();
             match (record.pid, record.start_time) {
                 (Some(pid), Some(start_time)) if alive(pid, start_time) => {
-                    return Initial::Adopt { pid, start_time };
+                    return Initial::Adopt {
+                        pid,
+                        start_time,
+                        ready: record.ready,
+                    };
                 }
                 _ => {}
             }
@@ -151,6 +157,7 @@ pub(crate) fn recover(
                 (Some(s), _) => Initial::Found {
                     pid: s.pid,
                     start_time: s.start_time,
+                    ready: record.ready,
                 },
                 (None, Some(pid)) => Initial::Lost { pid },
                 (None, None) => Initial::Fresh,
@@ -191,6 +198,7 @@ mod tests {
             start_time,
             restarts: 0,
             created_ms: 0,
+            ready: false,
         }
     }
 
@@ -277,7 +285,8 @@ mod tests {
             Recovery {
                 initial: vec![Initial::Adopt {
                     pid: 10,
-                    start_time: 100
+                    start_time: 100,
+                    ready: false,
                 }],
                 orphans: vec![],
             }
@@ -292,7 +301,8 @@ mod tests {
             r.initial,
             vec![Initial::Found {
                 pid: 12,
-                start_time: 300
+                start_time: 300,
+                ready: false,
             }]
         );
         assert!(r.orphans.is_empty());
@@ -307,7 +317,8 @@ mod tests {
             r.initial,
             vec![Initial::Found {
                 pid: 12,
-                start_time: 300
+                start_time: 300,
+                ready: false,
             }]
         );
         assert!(r.orphans.is_empty());
@@ -321,6 +332,49 @@ mod tests {
         ];
         let r = recover(&records, vec![], |_, _| false);
         assert_eq!(r.initial, vec![Initial::Lost { pid: 10 }, Initial::Fresh]);
+    }
+
+    #[test]
+    fn only_an_adopted_process_resumes_ready_and_only_if_its_record_was_ready() {
+        let ready = |mut r: InstanceRecord| {
+            r.ready = true;
+            r
+        };
+        let records = [
+            ready(record(ID, Some(10), Some(100))),
+            ready(record("web-abc-00001", Some(11), Some(110))),
+            ready(record("web-abc-00002", Some(12), Some(120))),
+            record("web-abc-00003", Some(13), Some(130)),
+        ];
+        let survivors = vec![survivor("web-abc-00001", 21, 210)];
+        let r = recover(&records, survivors, |pid, start| {
+            [(10, 100), (13, 130)].contains(&(pid, start))
+        });
+        assert_eq!(
+            r.initial,
+            vec![
+                Initial::Adopt {
+                    pid: 10,
+                    start_time: 100,
+                    ready: true
+                },
+                Initial::Found {
+                    pid: 21,
+                    start_time: 210,
+                    ready: true
+                },
+                Initial::Lost { pid: 12 },
+                Initial::Adopt {
+                    pid: 13,
+                    start_time: 130,
+                    ready: false
+                },
+            ]
+        );
+        assert_eq!(
+            r.initial.iter().map(Initial::ready).collect::<Vec<_>>(),
+            vec![true, true, false, false]
+        );
     }
 
     #[test]
