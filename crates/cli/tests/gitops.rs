@@ -688,3 +688,165 @@ fn a_commit_that_empties_the_tree_is_rejected_while_apps_run() {
     assert_eq!(instance_pids(&after), instance_pids(&before));
     assert_eq!(answer(instance_ports(&after)[0]).as_deref(), Some("v1"));
 }
+
+#[test]
+fn gitlab_webhook_token_triggers_a_fetch_and_a_wrong_one_is_refused() {
+    let repo = Repo::new();
+    repo.write("web.yaml", &app_yaml("web", "v1", 1));
+    repo.commit("v1");
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "gl-token\n").unwrap();
+    let ctl = Controller::start(
+        &repo.path().display().to_string(),
+        &[
+            "--interval",
+            "1h",
+            "--webhook-secret-file",
+            &secret.path().display().to_string(),
+        ],
+    );
+    ctl.wait_healthy("web", 1);
+    repo.write("web.yaml", &app_yaml("web", "v2", 1));
+    let c2 = repo.commit("v2");
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let hook = |token: &str| {
+        http.post(format!("http://{}/api/v1/webhooks/git", ctl.listen))
+            .header("X-Gitlab-Token", token)
+            .body("{}")
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(hook("wrong"), 401);
+    assert_eq!(hook("gl-token"), 202);
+    ctl.wait_until("the GitLab webhook's fetch applied v2", || {
+        (ctl.applied() == c2).then_some(())
+    });
+}
+
+#[test]
+fn an_artifact_is_fetched_verified_and_run_and_a_bad_digest_degrades_the_app() {
+    // A release archive: a script that runs the demo app, as a build pipeline would publish.
+    let build = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(build.path().join("bin")).unwrap();
+    let script = build.path().join("bin/serve");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nexec \"{BIN}\" demo-app --listen \"127.0.0.1:$PORT\" --version from-artifact\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let archive = build.path().join("release.tar.gz");
+    let tar = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(build.path())
+        .arg("bin")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&archive).unwrap()))
+    };
+    let manifest = |sha: &str| {
+        format!(
+            "apiVersion: gauntlet.dev/v1alpha1\nkind: Application\nmetadata: {{name: art}}\nspec:\n  process:\n    command: [bin/serve]\n    artifact: {{url: \"file://{}\", sha256: {sha}}}\n  readiness: {{httpGet: {{path: /healthz}}}}\n",
+            archive.display()
+        )
+    };
+    let repo = Repo::new();
+    repo.write("art.yaml", &manifest(&digest));
+    repo.commit("artifact release");
+    let ctl = Controller::start(&repo.path().display().to_string(), &[]);
+    let app = ctl.wait_healthy("art", 1);
+    assert_eq!(
+        answer(instance_ports(&app)[0]).as_deref(),
+        Some("from-artifact")
+    );
+
+    repo.write("art.yaml", &manifest(&"0".repeat(64)));
+    repo.commit("a release whose digest does not match");
+    ctl.sync();
+    let degraded = ctl.wait_until("the bad digest reported", || {
+        ctl.app("art").filter(|a| {
+            a["instances"].as_array().unwrap().iter().any(|i| {
+                i["phase"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("sha256"))
+            })
+        })
+    });
+    assert_eq!(degraded["health"]["status"], "Degraded", "{degraded:#}");
+    // The good release keeps serving while the bad one cannot start.
+    let good = degraded["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["phase"]["phase"] == "ready")
+        .expect("the previous release still runs")
+        .clone();
+    assert_eq!(
+        answer(good["port"].as_u64().unwrap()).as_deref(),
+        Some("from-artifact")
+    );
+}
+
+#[test]
+fn logs_follow_prints_new_lines_as_the_instance_writes_them() {
+    let repo = Repo::new();
+    repo.write("web.yaml", &app_yaml("web", "v1", 1));
+    repo.commit("v1");
+    let ctl = Controller::start(&repo.path().display().to_string(), &[]);
+    let app = ctl.wait_healthy("web", 1);
+    let mut follower = std::process::Command::new(BIN)
+        .arg("--state-dir")
+        .arg(ctl.state.path())
+        .args(["logs", "web", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut next_matching = |needle: &str| {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push(line.clone());
+                    if line.contains(needle) {
+                        return;
+                    }
+                }
+                Err(_) => panic!("no line with {needle:?} in `logs -f`: {seen:#?}"),
+            }
+        }
+    };
+    next_matching("demo-app v1 listening");
+    // SIGTERM: the app logs its shutdown, and its restart logs a new start line.
+    let pid = instance_pids(&app)[0];
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    next_matching("SIGTERM, shutting down");
+    next_matching("demo-app v1 listening");
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
