@@ -256,8 +256,14 @@ fn print_structured<T: Serialize>(
     Ok(())
 }
 
+/// A commit SHA cut to its first 10 digits; anything else (a revision, a health word) whole.
 pub fn short(sha: &str) -> &str {
-    sha.get(..10).unwrap_or(sha)
+    let is_commit = sha.len() >= 40 && sha.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_commit {
+        &sha[..10]
+    } else {
+        sha
+    }
 }
 
 fn health_cell(h: &Health) -> (&'static str, &str) {
@@ -387,4 +393,17 @@ fn print_app_detail(out: &mut dyn Write, a: &AppStatus) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_commit_shas_are_shortened() {
+        let sha = "1e29bc69be0123456789abcdef0123456789abcd";
+        assert_eq!(short(sha), "1e29bc69be");
+        assert_eq!(short("Progressing"), "Progressing");
+        assert_eq!(short("9aeca644ae"), "9aeca644ae");
+    }
 }
