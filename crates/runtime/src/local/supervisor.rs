@@ -419,8 +419,14 @@ impl Supervisor {
                     let phase = Phase::Unready {
                         reason: reason.clone(),
                     };
-                    if self.rt.set_phase(&self.id, phase) {
+                    // As for `ready`: the event is queued before the phase shows.
+                    if self
+                        .rt
+                        .phase(&self.id)
+                        .is_some_and(|p| p != phase && p != Phase::Stopping)
+                    {
                         self.emit("unready", reason);
+                        self.rt.set_phase(&self.id, phase);
                     }
                 }
                 None => {}
