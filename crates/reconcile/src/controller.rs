@@ -8,8 +8,11 @@
 //! - the **reconcile loop** plans against the runtime's instances twice a second (and at once
 //!   when the desired state changes), executes the actions and records them in the audit log.
 //!
-//! The last good snapshot is kept in the store, so a restarted controller knows what to run
-//! before the Git server answers, and never prunes applications because a server is down.
+//! What must survive a crash is written before it is acted on: an applied commit together with
+//! its `apply` record (one transaction), a rejection with its `reject` record, and each pass's
+//! health changes and action records before the actions run. So a restarted controller knows
+//! what to run before the Git server answers, never prunes because a server is down, and has a
+//! record of everything it did. Store writes and parsing run off the async threads.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
