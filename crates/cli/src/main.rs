@@ -12,6 +12,7 @@ mod commands;
 mod demo;
 mod demo_app;
 mod paths;
+mod proxy_cmd;
 mod up;
 
 /// GitOps, progressive delivery, chaos and feature flags in one binary.
@@ -98,6 +99,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// A small HTTP service whose knobs make good and bad releases, for demos and tests.
     DemoApp(demo_app::DemoAppArgs),
+    /// Run the data plane: serve every application's listen address and split its traffic.
+    Proxy(proxy_cmd::ProxyArgs),
 }
 
 fn main() -> ExitCode {
@@ -127,5 +130,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schema => commands::schema(),
         Command::Demo(args) => demo::run(args),
         Command::DemoApp(args) => demo_app::run(args),
+        Command::Proxy(args) => proxy_cmd::run(args, state_dir()?),
     }
 }

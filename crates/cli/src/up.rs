@@ -162,7 +162,8 @@ pub fn run(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
     rt.block_on(serve(args, state_dir))
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by `GAUNTLET_LOG` (default `info`); shared by long-running commands.
+pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GAUNTLET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

@@ -59,7 +59,7 @@ fn schema_is_json_describing_the_application_kind() {
 fn every_subcommand_has_help() {
     for cmd in [
         "up", "down", "status", "sync", "diff", "history", "logs", "validate", "schema", "demo",
-        "demo-app",
+        "demo-app", "proxy",
     ] {
         let out = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");

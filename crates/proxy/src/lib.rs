@@ -54,21 +54,32 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! What the next steps add around this core, none of which is here: the hyper 1 + tower data
-//! path (listeners per application, HTTP/1.1 and HTTP/2, TLS, streaming bodies, connection
-//! pools, timeouts, retry on another endpoint when a connection is refused, the shared
-//! per-endpoint state that feeds [`balance`], and the atomic swap of a whole [`RouteTable`] on
-//! reload); the authenticated admin API on loopback or a Unix socket (push a configuration,
-//! answer `400` with [`InvalidConfig`]'s problems and keep the old one, report the running
-//! version and drained endpoints, serve `/metrics` and snapshots); and persistence of each
-//! accepted configuration to disk, so a proxy started alone serves its last one.
+//! Around this core, the imperative shell:
+//!
+//! - [`server`]: the [`Proxy`]: one listener per application, HTTP/1.1 forwarding over a pooled
+//!   hyper client with bodies streamed both ways, `X-Forwarded-For`/`-Proto`, retry on another
+//!   endpoint after a refused connection (bodiless requests only), `502`/`504`, fault actions,
+//!   per-endpoint in-flight and health state kept across reloads by address, and the atomic
+//!   swap of a whole [`RouteTable`] on reload.
+//! - [`admin`]: the authenticated admin API (push and read the configuration, JSON metrics
+//!   snapshots) and the unauthenticated Prometheus `/metrics`.
+//! - [`persist`]: the accepted configuration on disk, replaced atomically, so a proxy started
+//!   alone serves its last one.
+//!
+//! Not yet here: HTTP/2 and TLS, WebSocket upgrades, mirroring (the [`Pick`] carries it; the
+//! data path ignores it), draining reports, metric deltas, header size limits beyond hyper's
+//! defaults, and a Unix-socket admin API.
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod draw;
 pub mod faults;
 pub mod metrics;
+pub mod persist;
 pub mod route;
+pub mod server;
 
 pub use config::{InvalidConfig, ProxyConfig};
 pub use route::{Pick, RequestView, RouteTable};
+pub use server::{Options, Proxy};
