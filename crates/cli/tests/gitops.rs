@@ -384,24 +384,30 @@ fn depends_on_starts_the_dependency_first() {
     );
 }
 
-#[test]
-fn webhook_with_a_bad_signature_is_refused_and_a_good_one_fetches_at_once() {
+/// A controller with one healthy app, a webhook secret, and a one-hour polling interval: only
+/// a webhook (or a sync) can explain a fetch.
+fn webhook_controller(secret: &str) -> (Repo, Controller, tempfile::NamedTempFile) {
     let repo = Repo::new();
     repo.write("web.yaml", &app_yaml("web", "v1", 1));
     repo.commit("v1");
-    let secret = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(secret.path(), "s3cret\n").unwrap();
-    // A one-hour interval: only the webhook can explain a fetch.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("{secret}\n")).unwrap();
     let ctl = Controller::start(
         &repo.path().display().to_string(),
         &[
             "--interval",
             "1h",
             "--webhook-secret-file",
-            &secret.path().display().to_string(),
+            &file.path().display().to_string(),
         ],
     );
     ctl.wait_healthy("web", 1);
+    (repo, ctl, file)
+}
+
+#[test]
+fn webhook_with_a_bad_signature_is_refused_and_a_good_one_fetches_at_once() {
+    let (repo, ctl, _secret) = webhook_controller("s3cret");
     let http = reqwest::blocking::Client::new();
     let body = br#"{"ref":"refs/heads/main"}"#.to_vec();
     let webhook = |signature: &str| {
@@ -691,21 +697,7 @@ fn a_commit_that_empties_the_tree_is_rejected_while_apps_run() {
 
 #[test]
 fn gitlab_webhook_token_triggers_a_fetch_and_a_wrong_one_is_refused() {
-    let repo = Repo::new();
-    repo.write("web.yaml", &app_yaml("web", "v1", 1));
-    repo.commit("v1");
-    let secret = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(secret.path(), "gl-token\n").unwrap();
-    let ctl = Controller::start(
-        &repo.path().display().to_string(),
-        &[
-            "--interval",
-            "1h",
-            "--webhook-secret-file",
-            &secret.path().display().to_string(),
-        ],
-    );
-    ctl.wait_healthy("web", 1);
+    let (repo, ctl, _secret) = webhook_controller("gl-token");
     repo.write("web.yaml", &app_yaml("web", "v2", 1));
     let c2 = repo.commit("v2");
     let http = reqwest::blocking::Client::builder()
