@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, wait_until, BIN, DEADLINE};
+use common::{free_port, wait_until, wait_until_or, BIN, DEADLINE};
 use serde_json::{json, Value};
 
 /// A child process killed when the test ends, however it ends.
@@ -569,5 +569,217 @@ fn request_body_and_forwarded_headers_reach_the_upstream() {
     assert!(
         head.contains(&"x-forwarded-proto: http".to_string()),
         "{head:?}"
+    );
+}
+
+/// What a [`counting_upstream`] received: each request's first line (lowercased) and body.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A tiny keep-alive HTTP/1.1 upstream on 127.0.0.1 that answers every request with `answer`
+/// and records it. Its threads end when the test process does.
+fn counting_upstream(answer: &'static str) -> (u16, Received) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received: Received = Default::default();
+    let log = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut head = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if line.trim_end().is_empty() {
+                            break;
+                        }
+                        head.push(line.trim_end().to_ascii_lowercase());
+                    }
+                    let length: usize = head
+                        .iter()
+                        .find_map(|h| h.strip_prefix("content-length: "))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    log.lock().unwrap().push((head[0].clone(), body));
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    if reader.get_mut().write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, received)
+}
+
+#[test]
+fn mirror_copies_every_request_to_v2_while_v1_answers_them_all() {
+    let (v1_port, v1_received) = counting_upstream("v1");
+    let (v2_port, v2_received) = counting_upstream("v2");
+    let proxy = ProxyProcess::start(&[]);
+    let listen = free_port();
+    let mut web = app(
+        "web",
+        listen,
+        &[("v1", 10000, &[v1_port]), ("v2", 0, &[v2_port])],
+    );
+    web["mirror"] = json!({"revision": "v2", "percent": 10000});
+    let (status, body) = proxy.put_config(&json!({"version": 1, "apps": [web]}));
+    assert_eq!(status, 200, "{body}");
+
+    let client = http();
+    let n = 50;
+    for _ in 0..n {
+        assert_eq!(get(&client, listen, &[]), (200, "v1".to_string()));
+    }
+    // A small body is mirrored too, once the primary upstream has read it.
+    let response = client
+        .post(format!("http://127.0.0.1:{listen}/submit"))
+        .body("a mirrored body")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().unwrap(), "v1");
+
+    let total = n + 1;
+    wait_until_or(
+        &format!("{total} mirrored requests at v2"),
+        || format!("{:?}\n{}", v2_received.lock().unwrap(), proxy.log_tail()),
+        || (v2_received.lock().unwrap().len() >= total).then_some(()),
+    );
+    let mirrored = v2_received.lock().unwrap().clone();
+    assert_eq!(mirrored.len(), total, "{mirrored:?}");
+    assert_eq!(
+        mirrored
+            .iter()
+            .filter(|(line, _)| line == "get / http/1.1")
+            .count(),
+        n
+    );
+    assert!(
+        mirrored
+            .iter()
+            .any(|(line, body)| line == "post /submit http/1.1" && body == b"a mirrored body"),
+        "{mirrored:?}"
+    );
+    assert_eq!(v1_received.lock().unwrap().len(), total);
+
+    // Mirrored copies are not the mirror revision's traffic.
+    let metrics = proxy.get_admin("/admin/v1/metrics");
+    let revisions = metrics["revisions"].as_array().unwrap();
+    let requests = |name: &str| {
+        revisions
+            .iter()
+            .find(|r| r["revision"] == name)
+            .map(|r| r["metrics"]["requests"].clone())
+    };
+    assert_eq!(requests("v1"), Some(json!(total)), "{metrics}");
+    assert_eq!(requests("v2"), Some(json!(0)), "{metrics}");
+}
+
+#[test]
+fn websocket_upgrade_is_passed_through_and_bytes_flow_both_ways() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // An upstream that accepts one upgrade handshake, answers 101 and then echoes bytes.
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    let handshake = std::thread::spawn(move || {
+        let (stream, _) = upstream.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.trim_end().is_empty() {
+                break;
+            }
+            head.push(line.trim_end().to_ascii_lowercase());
+        }
+        let mut stream = reader.into_inner();
+        stream
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\n\
+                  upgrade: websocket\r\n\r\n",
+            )
+            .unwrap();
+        let mut buffer = [0u8; 1024];
+        loop {
+            match stream.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if stream.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        head
+    });
+    let proxy = ProxyProcess::start(&[]);
+    let listen = free_port();
+    let config = json!({"version": 1, "apps": [app("web", listen, &[("v1", 10000, &[port])])]});
+    assert_eq!(proxy.put_config(&config).0, 200);
+
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", listen)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    client
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: Upgrade\r\n\
+              upgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              sec-websocket-version: 13\r\n\r\n",
+        )
+        .unwrap();
+    // The answer's head, byte by byte so nothing after it is consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte).expect("the proxy answers");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("connection: upgrade"), "{head}");
+
+    for message in [&b"hello through the tunnel"[..], b"and back again"] {
+        client.write_all(message).unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        client.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, message);
+    }
+    drop(client);
+
+    let upstream_head = handshake.join().unwrap();
+    assert_eq!(upstream_head[0], "get /ws http/1.1");
+    assert!(
+        upstream_head.contains(&"upgrade: websocket".to_string()),
+        "{upstream_head:?}"
+    );
+    assert!(
+        upstream_head.contains(&"connection: upgrade".to_string()),
+        "{upstream_head:?}"
+    );
+    assert!(
+        upstream_head.contains(&"sec-websocket-key: dghlihnhbxbszsbub25jzq==".to_string()),
+        "{upstream_head:?}"
     );
 }

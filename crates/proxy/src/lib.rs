@@ -59,16 +59,16 @@
 //! - [`server`]: the [`Proxy`]: one listener per application, HTTP/1.1 forwarding over a pooled
 //!   hyper client with bodies streamed both ways, `X-Forwarded-For`/`-Proto`, retry on another
 //!   endpoint after a refused connection (bodiless requests only), `502`/`504`, fault actions,
-//!   per-endpoint in-flight and health state kept across reloads by address, and the atomic
-//!   swap of a whole [`RouteTable`] on reload.
+//!   per-endpoint in-flight and health state kept across reloads by address, the atomic swap
+//!   of a whole [`RouteTable`] on reload, mirroring (a copy sent in the background, its
+//!   response discarded, bodies up to 64 KiB), and `Upgrade` (WebSocket) pass-through.
 //! - [`admin`]: the authenticated admin API (push and read the configuration, JSON metrics
 //!   snapshots) and the unauthenticated Prometheus `/metrics`.
 //! - [`persist`]: the accepted configuration on disk, replaced atomically, so a proxy started
 //!   alone serves its last one.
 //!
-//! Not yet here: HTTP/2 and TLS, WebSocket upgrades, mirroring (the [`Pick`] carries it; the
-//! data path ignores it), draining reports, metric deltas, header size limits beyond hyper's
-//! defaults, and a Unix-socket admin API.
+//! Not yet here: HTTP/2 and TLS, draining reports, metric deltas over the admin API, header
+//! size limits beyond hyper's defaults, and a Unix-socket admin API.
 
 pub mod admin;
 pub mod balance;

@@ -18,11 +18,31 @@
 //! reached and `504` when response headers do not arrive within the request timeout, and
 //! stream the response body back. Metrics are recorded on the revision's handle, resolved when
 //! the table was compiled.
+//!
+//! **Mirroring.** When the pick names a mirror revision, a copy of the request goes to one of
+//! its endpoints (chosen by the same power of two choices) in a spawned task whose response is
+//! read and discarded. The primary request is never delayed or failed by it. Only requests whose
+//! body is empty or has a `Content-Length` of at most [`MIRROR_BODY_LIMIT`] are mirrored: the
+//! primary body still streams, and the copy is collected from its frames as they pass (reference
+//! counted `Bytes`, no extra copy) and sent when the primary body has been read to its end; if
+//! the upstream never reads it, or the client aborts it, the copy is dropped. Chunked bodies,
+//! larger bodies and upgrade requests are not mirrored. Mirrored requests are **not** counted in
+//! the mirror revision's metrics (neither requests, responses nor errors), so shadow traffic
+//! never mixes with the traffic a rollout analysis reads; they do count as in flight on the
+//! endpoint (for balancing) and a refused connection does feed its passive health. At most
+//! [`MIRRORS_IN_FLIGHT`] copies are outstanding; beyond that, requests are not mirrored.
+//!
+//! **Upgrades.** A request with `Connection: upgrade` and an `Upgrade` header keeps those two
+//! headers when forwarded (all other hop-by-hop headers are stripped). If the upstream answers
+//! `101`, the proxy answers `101` with the upstream's `Upgrade` and then, in a spawned task,
+//! splices the two upgraded connections with `tokio::io::copy_bidirectional` until either side
+//! closes; the tunnel counts as in flight on its endpoint for its whole life. Any other answer is
+//! forwarded as an ordinary response. Tunnels have no idle timeout of their own.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,13 +51,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 
 use crate::balance::{self, EndpointState, HealthPolicy};
@@ -50,6 +71,12 @@ use crate::InvalidConfig;
 
 /// The body type of requests sent upstream and responses sent to clients.
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// The largest request body (by `Content-Length`) that is copied to a mirror.
+pub const MIRROR_BODY_LIMIT: u64 = 64 * 1024;
+
+/// The most mirrored copies outstanding at once; requests beyond it are not mirrored.
+pub const MIRRORS_IN_FLIGHT: usize = 1024;
 
 /// Settings of the data path that do not come from the controller's configuration.
 #[derive(Debug, Clone)]
@@ -108,6 +135,8 @@ struct Inner {
     options: Options,
     seed: u64,
     sequence: AtomicU64,
+    /// Mirrored copies outstanding, bounded by [`MIRRORS_IN_FLIGHT`].
+    mirrors: Arc<AtomicUsize>,
 }
 
 /// The running data plane. Cheap to clone; clones share everything.
@@ -170,6 +199,7 @@ impl Proxy {
                 options,
                 seed,
                 sequence: AtomicU64::new(0),
+                mirrors: Arc::new(AtomicUsize::new(0)),
             }),
         }
     }
@@ -317,6 +347,7 @@ impl Proxy {
                     .timer(TokioTimer::new())
                     .header_read_timeout(header_read_timeout)
                     .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
                     .await;
                 if let Err(e) = served {
                     tracing::debug!(%listen, %peer, "client connection ended: {e}");
@@ -360,8 +391,19 @@ impl Proxy {
         }
 
         let (mut parts, body) = request.into_parts();
+        let upgrade = requested_upgrade(&parts.headers);
+        let mut client_upgrade = match upgrade {
+            Some(_) => parts.extensions.remove::<OnUpgrade>(),
+            None => None,
+        };
         strip_hop_by_hop(&mut parts.headers);
         add_forwarded(&mut parts.headers, peer);
+        if let Some(protocol) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
         let path = parts
             .uri
             .path_and_query()
@@ -370,6 +412,38 @@ impl Proxy {
         // A request without a body can be sent again after a refused connection; one with a
         // body is sent once, since its body streams straight through.
         let resendable = body.is_end_stream();
+        let mut copy = None;
+        let body = match pick.mirror.filter(|_| upgrade.is_none()) {
+            Some(_) if resendable => {
+                copy = Some(MirrorBody::Empty);
+                body.boxed_unsync()
+            }
+            Some(_)
+                if body
+                    .size_hint()
+                    .exact()
+                    .is_some_and(|n| n <= MIRROR_BODY_LIMIT) =>
+            {
+                let (done, copied) = oneshot::channel();
+                copy = Some(MirrorBody::Pending(copied));
+                Tee {
+                    inner: body,
+                    copy: Some((Vec::new(), done)),
+                }
+                .boxed_unsync()
+            }
+            // Chunked or larger bodies, and upgrades, are not mirrored.
+            _ => body.boxed_unsync(),
+        };
+        if let (Some(target), Some(copy)) = (pick.mirror, copy) {
+            let request = MirrorRequest {
+                method: parts.method.clone(),
+                path: path.clone(),
+                headers: parts.headers.clone(),
+                body: copy,
+            };
+            self.mirror(&served, app_index, target, request, draw);
+        }
         let mut body = Some(body);
         let cells = &served.cells[app_index][pick.revision];
         let mut states: Vec<EndpointState> = cells
@@ -389,7 +463,7 @@ impl Proxy {
             };
             tried = true;
             let upstream_body = match body.take() {
-                Some(b) if !resendable => b.boxed_unsync(),
+                Some(b) if !resendable => b,
                 _ if resendable => empty(),
                 _ => break,
             };
@@ -417,16 +491,38 @@ impl Proxy {
             )
             .await;
             match sent {
-                Ok(Ok(response)) => {
+                Ok(Ok(mut response)) => {
                     lock(cell).record_success();
                     metrics.record_response(response.status().as_u16(), elapsed_us(started));
+                    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    let tunnel = match client_upgrade.take() {
+                        Some(client) if switching => {
+                            Some((client, hyper::upgrade::on(&mut response)))
+                        }
+                        _ => None,
+                    };
+                    if switching && tunnel.is_none() {
+                        // A 101 the client did not ask for cannot be passed on.
+                        tracing::debug!(%addr, "unrequested 101 from the upstream");
+                        return Ok(answer(StatusCode::BAD_GATEWAY));
+                    }
                     let (mut head, upstream_body) = response.into_parts();
+                    let protocol = head.headers.get(header::UPGRADE).cloned();
                     strip_hop_by_hop(&mut head.headers);
                     if let Some(sticky) = pick.sticky_set {
                         let cookie = format!("{}={}; Path=/; HttpOnly", sticky.name, sticky.value);
                         if let Ok(value) = HeaderValue::from_str(&cookie) {
                             head.headers.append(header::SET_COOKIE, value);
                         }
+                    }
+                    if let Some((client, upstream)) = tunnel {
+                        head.headers
+                            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                        if let Some(protocol) = protocol.or(upgrade) {
+                            head.headers.insert(header::UPGRADE, protocol);
+                        }
+                        tokio::spawn(splice(client, upstream, in_flight));
+                        return Ok(Response::from_parts(head, empty()));
                     }
                     let body = Tracked {
                         inner: upstream_body,
@@ -458,6 +554,152 @@ impl Proxy {
             metrics.record_connect_error();
         }
         Ok(answer(StatusCode::BAD_GATEWAY))
+    }
+}
+
+/// The parts of a request copied to a mirror.
+struct MirrorRequest {
+    method: http::Method,
+    path: String,
+    headers: HeaderMap,
+    body: MirrorBody,
+}
+
+/// A mirrored request's body: none, or the primary body's bytes once it has been read.
+enum MirrorBody {
+    Empty,
+    Pending(oneshot::Receiver<Bytes>),
+}
+
+/// Releases a slot of [`MIRRORS_IN_FLIGHT`] when dropped.
+struct MirrorSlot(Arc<AtomicUsize>);
+
+impl Drop for MirrorSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Proxy {
+    /// Sends `request` to an endpoint of `revision` in a spawned task and discards the answer.
+    /// Nothing is recorded in the revision's metrics; see the module documentation.
+    fn mirror(
+        &self,
+        served: &Arc<Served>,
+        app_index: usize,
+        revision: usize,
+        request: MirrorRequest,
+        draw: u64,
+    ) {
+        let mirrors = &self.inner.mirrors;
+        if mirrors.fetch_add(1, Ordering::Relaxed) >= MIRRORS_IN_FLIGHT {
+            mirrors.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!("mirror skipped: too many mirrored requests in flight");
+            return;
+        }
+        let slot = MirrorSlot(Arc::clone(mirrors));
+        let served = Arc::clone(served);
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let body = match request.body {
+                MirrorBody::Empty => empty(),
+                MirrorBody::Pending(copied) => match copied.await {
+                    Ok(bytes) => Full::new(bytes)
+                        .map_err(|never: Infallible| match never {})
+                        .boxed_unsync(),
+                    // The primary body was not read to its end: nothing to mirror.
+                    Err(_) => return,
+                },
+            };
+            let endpoints = served.table.apps()[app_index].revisions()[revision].endpoints();
+            let cells = &served.cells[app_index][revision];
+            let states: Vec<EndpointState> = cells
+                .iter()
+                .zip(endpoints)
+                .map(|(cell, endpoint)| {
+                    let mut state = lock(cell).clone();
+                    state.draining = endpoint.draining;
+                    state
+                })
+                .collect();
+            let now_ms = unix_ms();
+            // A draw of its own, apart from the routing, fault and primary endpoint draws.
+            let Some(chosen) = balance::choose(&states, mix(mix(mix(draw)) ^ 0x6d69), now_ms)
+            else {
+                return;
+            };
+            let addr = endpoints[chosen].addr;
+            let Ok(uri) = Uri::builder()
+                .scheme("http")
+                .authority(addr.to_string())
+                .path_and_query(request.path.as_str())
+                .build()
+            else {
+                return;
+            };
+            let mut upstream = Request::new(body);
+            *upstream.method_mut() = request.method;
+            *upstream.uri_mut() = uri;
+            *upstream.version_mut() = Version::HTTP_11;
+            *upstream.headers_mut() = request.headers;
+            let cell = &cells[chosen];
+            let _in_flight = InFlight::start(Arc::clone(cell));
+            let timeout = inner.options.request_timeout;
+            let answered = tokio::time::timeout(timeout, async {
+                match inner.client.request(upstream).await {
+                    Ok(response) => {
+                        lock(cell).record_success();
+                        // Read the answer to its end so the connection goes back to the pool.
+                        if let Err(e) = response.into_body().collect().await {
+                            tracing::debug!(%addr, "mirrored response failed: {e}");
+                        }
+                    }
+                    Err(e) if e.is_connect() => {
+                        lock(cell).record_connect_failure(&inner.options.health, now_ms);
+                        tracing::debug!(%addr, "mirror connection failed: {e}");
+                    }
+                    Err(e) => tracing::debug!(%addr, "mirrored request failed: {e}"),
+                }
+            })
+            .await;
+            if answered.is_err() {
+                tracing::debug!(%addr, "mirrored request timed out");
+            }
+        });
+    }
+}
+
+/// Splices an upgraded client connection to an upgraded upstream connection until either side
+/// closes. `in_flight` keeps the endpoint's count for the tunnel's life.
+async fn splice(client: OnUpgrade, upstream: OnUpgrade, in_flight: InFlight) {
+    let _in_flight = in_flight;
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!("upgrade failed: {e}");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!("upgraded connection ended: {e}");
+    }
+}
+
+/// The `Upgrade` header of a request that asks for a protocol upgrade (`Connection: upgrade`
+/// and an `Upgrade` header), if it does.
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if asked {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
     }
 }
 
@@ -538,6 +780,62 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A request body streamed to the primary upstream while its data frames are collected (by
+/// reference count) for a mirror, which gets them when the body has ended. An error or an early
+/// drop sends nothing.
+struct Tee {
+    inner: Incoming,
+    copy: Option<(Vec<Bytes>, oneshot::Sender<Bytes>)>,
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some((chunks, _))) = (frame.data_ref(), self.copy.as_mut()) {
+                    chunks.push(data.clone());
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.copy = None,
+            Poll::Ready(None) => {
+                if let Some((chunks, done)) = self.copy.take() {
+                    let _ = done.send(concat(chunks));
+                }
+            }
+            Poll::Pending => {}
+        }
+        if self.inner.is_end_stream() {
+            if let Some((chunks, done)) = self.copy.take() {
+                let _ = done.send(concat(chunks));
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn concat(chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.into_iter().next().unwrap_or_default(),
+        _ => chunks.concat().into(),
     }
 }
 
@@ -631,6 +929,31 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn an_upgrade_needs_both_the_connection_token_and_the_upgrade_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(requested_upgrade(&headers), None);
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert_eq!(
+            requested_upgrade(&headers),
+            Some(HeaderValue::from_static("websocket"))
+        );
+        headers.remove(header::UPGRADE);
+        assert_eq!(requested_upgrade(&headers), None);
+    }
+
+    #[test]
+    fn mirrored_body_chunks_are_joined_in_order() {
+        assert_eq!(concat(Vec::new()), Bytes::new());
+        assert_eq!(concat(vec![Bytes::from_static(b"one")]), "one");
+        let chunks = vec![Bytes::from_static(b"a "), Bytes::from_static(b"body")];
+        assert_eq!(concat(chunks), "a body");
     }
 
     #[test]
