@@ -82,4 +82,4 @@ pub mod server;
 
 pub use config::{InvalidConfig, ProxyConfig};
 pub use route::{Pick, RequestView, RouteTable};
-pub use server::{Options, Proxy};
+pub use server::{EndpointLoad, Options, Proxy};

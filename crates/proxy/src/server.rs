@@ -139,6 +139,19 @@ struct Inner {
     mirrors: Arc<AtomicUsize>,
 }
 
+/// One endpoint's load as the admin API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointLoad {
+    pub app: String,
+    pub revision: String,
+    pub addr: SocketAddr,
+    pub draining: bool,
+    pub in_flight: u32,
+    /// Passive health has ejected it for now.
+    pub ejected: bool,
+}
+
 /// The running data plane. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub struct Proxy {
@@ -221,6 +234,39 @@ impl Proxy {
     ) -> T {
         let served = self.inner.current();
         f(served.table.version(), &served.table.metrics())
+    }
+
+    /// Every endpoint of the served configuration with its requests in flight (tunnels and
+    /// mirrored copies included), in configuration order. The controller stops an instance only
+    /// once its endpoint, marked draining, reports none.
+    pub fn endpoint_loads(&self) -> Vec<EndpointLoad> {
+        let served = self.inner.current();
+        let now = unix_ms();
+        let mut out = Vec::new();
+        for (a, app) in served.config.apps.iter().enumerate() {
+            for (r, revision) in app.revisions.iter().enumerate() {
+                for (e, endpoint) in revision.endpoints.iter().enumerate() {
+                    let Some(cell) = served
+                        .cells
+                        .get(a)
+                        .and_then(|c| c.get(r))
+                        .and_then(|c| c.get(e))
+                    else {
+                        continue;
+                    };
+                    let state = lock(cell);
+                    out.push(EndpointLoad {
+                        app: app.name.clone(),
+                        revision: revision.name.clone(),
+                        addr: endpoint.addr,
+                        draining: endpoint.draining,
+                        in_flight: state.in_flight,
+                        ejected: matches!(state.health(now), balance::Health::Ejected { .. }),
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Compiles `config` and binds the listeners it adds. Waits for a reload in progress.
