@@ -27,6 +27,35 @@ pub struct ProxyArgs {
     /// How long an instance has to answer with response headers before the proxy answers 504.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// Slow-client protection: how long a client has to complete the TLS handshake, to send
+    /// each HTTP/1.1 request head (and so how long a kept-alive HTTP/1.1 connection may idle),
+    /// and to send an HTTP/2 connection's first request. Such clients are disconnected.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// How long an HTTP/2 client connection may have no request open before it is closed.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// The largest request head in bytes (HTTP/1.1 request line and headers; HTTP/2 header
+    /// list). Larger ones are answered 431 or disconnected.
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(8192..))]
+    max_header_bytes: u32,
+    /// The most requests one HTTP/2 client connection may have open at once.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_streams: u32,
+}
+
+impl ProxyArgs {
+    /// The data path's settings from the flags.
+    fn options(&self) -> Options {
+        Options {
+            request_timeout: self.request_timeout,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_header_bytes: self.max_header_bytes as usize,
+            max_concurrent_streams: self.max_concurrent_streams,
+            ..Options::default()
+        }
+    }
 }
 
 pub fn run(args: ProxyArgs, state_dir: PathBuf) -> Result<ExitCode> {
@@ -59,10 +88,7 @@ async fn serve(args: ProxyArgs, state_dir: PathBuf, token: String) -> Result<Exi
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
-    let proxy = Proxy::new(Options {
-        request_timeout: args.request_timeout,
-        ..Options::default()
-    });
+    let proxy = Proxy::new(args.options());
     if let Some(config) = persist::load(&state_dir)? {
         let version = config.version;
         proxy
@@ -74,7 +100,15 @@ async fn serve(args: ProxyArgs, state_dir: PathBuf, token: String) -> Result<Exi
     let listener = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("listening on {} for the admin API", args.admin))?;
-    tracing::info!("proxy admin API listening on {}", args.admin);
+    let admin_addr = listener.local_addr()?;
+    tracing::info!("proxy admin API listening on {admin_addr}");
+    persist::write_process_info(
+        &state_dir,
+        &persist::ProcessInfo {
+            pid: std::process::id(),
+            admin: admin_addr,
+        },
+    )?;
     let api = admin::router(proxy, token, state_dir);
     tokio::select! {
         served = axum::serve(listener, api) => served.context("the admin API failed")?,
@@ -82,4 +116,35 @@ async fn serve(args: ProxyArgs, state_dir: PathBuf, token: String) -> Result<Exi
         _ = sigterm.recv() => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    }
+
+    #[test]
+    fn flag_defaults_are_the_data_paths_defaults() {
+        let parsed = Cli::parse_from(["gauntlet"]).proxy.options();
+        let defaults = Options::default();
+        assert_eq!(parsed.request_timeout, defaults.request_timeout);
+        assert_eq!(parsed.header_read_timeout, defaults.header_read_timeout);
+        assert_eq!(parsed.idle_timeout, defaults.idle_timeout);
+        assert_eq!(parsed.max_header_bytes, defaults.max_header_bytes);
+        assert_eq!(
+            parsed.max_concurrent_streams,
+            defaults.max_concurrent_streams
+        );
+    }
+
+    #[test]
+    fn a_header_limit_below_8_kib_is_refused() {
+        assert!(Cli::try_parse_from(["gauntlet", "--max-header-bytes", "1024"]).is_err());
+    }
 }

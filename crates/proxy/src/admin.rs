@@ -2,8 +2,14 @@
 //!
 //! - `GET /admin/v1/config`: the configuration being served (its `version` included).
 //! - `PUT /admin/v1/config`: validate, compile, persist, then serve a new configuration;
-//!   `400` with every problem (the old configuration keeps serving) or `200` with the version.
-//! - `GET /admin/v1/metrics`: a JSON snapshot per (application, revision).
+//!   `400` with every problem (the old configuration keeps serving), `409` naming the
+//!   application whose `listen` address cannot be bound, or `200` with the version.
+//! - `GET /admin/v1/metrics`: a JSON snapshot per (application, revision), with the served
+//!   `version`. Cheap (atomic loads, no lock held across applications): the controller reads
+//!   it several times a second and takes deltas between reads.
+//! - `GET /admin/v1/endpoints`: every endpoint with its requests in flight and whether it is
+//!   draining or ejected, with the served `version`: the drain report the controller waits on
+//!   before it stops an instance.
 //! - `GET /metrics`: Prometheus text. Unauthenticated, as exporters usually are: it reveals
 //!   application and revision names and counts, never configuration or addresses. Bind the
 //!   admin address to loopback (the default) to keep it local.
@@ -45,6 +51,7 @@ pub fn router(proxy: Proxy, token: String, state_dir: PathBuf) -> Router {
     let authenticated = Router::new()
         .route("/admin/v1/config", get(get_config).put(put_config))
         .route("/admin/v1/metrics", get(get_metrics))
+        .route("/admin/v1/endpoints", get(get_endpoints))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&admin),
             require_token,
@@ -93,7 +100,16 @@ async fn put_config(State(admin): State<Arc<Admin>>, body: Bytes) -> Response {
         Err(ApplyError::Invalid(invalid)) => {
             return bad_request(invalid.0.iter().map(ToString::to_string).collect())
         }
-        Err(e @ ApplyError::Bind { .. }) => return bad_request(vec![e.to_string()]),
+        Err(ApplyError::Bind { app, addr, source }) => {
+            // Not a malformed configuration: the address is held by someone else. The
+            // controller leaves this application out and pushes the rest.
+            let error = format!("cannot listen on {addr} for app `{app}`: {source}");
+            return (
+                StatusCode::CONFLICT,
+                Json(json!({"errors": [error], "bind": {"app": app, "addr": addr}})),
+            )
+                .into_response();
+        }
     };
     let state_dir = admin.state_dir.clone();
     let to_save = prepared.config().clone();
@@ -118,6 +134,19 @@ async fn get_metrics(State(admin): State<Arc<Admin>>) -> Json<serde_json::Value>
             .collect();
         json!({"version": version, "revisions": revisions})
     }))
+}
+
+async fn get_endpoints(State(admin): State<Arc<Admin>>) -> Json<serde_json::Value> {
+    // The version read on both sides of the loads: equal, and they belong to that version.
+    let mut attempts = 0;
+    loop {
+        let version = admin.proxy.version();
+        let endpoints = admin.proxy.endpoint_loads();
+        attempts += 1;
+        if admin.proxy.version() == version || attempts == 3 {
+            return Json(json!({"version": version, "endpoints": endpoints}));
+        }
+    }
 }
 
 async fn prometheus(State(admin): State<Arc<Admin>>) -> impl IntoResponse {

@@ -2,9 +2,9 @@
 //! keeps it on disk.
 //!
 //! A [`ProxyConfig`] is plain data: every application the proxy serves, where it listens, its
-//! revisions with their weights and endpoints, and the per-application routing extras (header
-//! and cookie matches, stickiness, mirroring, fault rules). Revisions are named here; the
-//! compiled [`RouteTable`](crate::route::RouteTable) refers to them by index.
+//! revisions with their weights and endpoints, the per-application routing extras (header and
+//! cookie matches, stickiness, mirroring, fault rules) and TLS files. Revisions are named here;
+//! the compiled [`RouteTable`](crate::route::RouteTable) refers to them by index.
 //!
 //! [`ProxyConfig::validate`] checks a whole configuration and returns every problem at once,
 //! each naming the application and the field, so the admin API can answer `400` with all of
@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,20 @@ pub struct AppRoute {
     pub mirror: Option<Mirror>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<FaultRule>,
+    /// Serve this application over TLS (HTTP/2 and HTTP/1.1 by ALPN) instead of cleartext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+}
+
+/// The certificate chain (leaf first) and private key an application's listener serves TLS
+/// with: PEM files on the proxy's host, as absolute paths. They are read each time a
+/// configuration is applied (see [`tls`](crate::tls)), so pushing the configuration again
+/// after renewing them serves the new certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// A revision of an application and the instances that serve it.
@@ -183,6 +198,11 @@ pub enum Problem {
     Percent(u32),
     #[error("`{name}` is not a valid {what}")]
     InvalidName { name: String, what: &'static str },
+    #[error("`{0}` is relative; give the file's absolute path on the proxy's host")]
+    RelativePath(PathBuf),
+    /// A certificate or key file that cannot be read or used (found when applying).
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Every problem found in a configuration; the proxy keeps running the previous one.
@@ -351,6 +371,18 @@ fn validate_app(app: &AppRoute, report: &mut impl FnMut(String, Problem)) {
     if let Some(mirror) = &app.mirror {
         if mirror.percent > TOTAL_WEIGHT {
             report("mirror.percent".into(), Problem::Percent(mirror.percent));
+        }
+    }
+    if let Some(tls) = &app.tls {
+        for (field, path) in [
+            ("tls.certFile", &tls.cert_file),
+            ("tls.keyFile", &tls.key_file),
+        ] {
+            if path.as_os_str().is_empty() {
+                report(field.into(), Problem::Empty);
+            } else if path.is_relative() {
+                report(field.into(), Problem::RelativePath(path.clone()));
+            }
         }
     }
     for (i, fault) in app.faults.iter().enumerate() {
@@ -604,6 +636,34 @@ mod tests {
             &problems(&config)[..],
             [(_, field, Problem::InvalidName { .. })] if field == "revisions[0].name"
         ));
+    }
+
+    #[test]
+    fn tls_files_must_be_given_as_absolute_paths() {
+        let mut config = checkout();
+        config.apps[0].tls = Some(TlsFiles {
+            cert_file: "certs/web.pem".into(),
+            key_file: PathBuf::new(),
+        });
+        assert_eq!(
+            problems(&config),
+            vec![
+                (
+                    "checkout".into(),
+                    "tls.certFile".into(),
+                    Problem::RelativePath("certs/web.pem".into())
+                ),
+                ("checkout".into(), "tls.keyFile".into(), Problem::Empty),
+            ]
+        );
+        let tls = r#""tls": {"certFile": "/etc/web/cert.pem", "keyFile": "/etc/web/key.pem"},
+            "faults""#;
+        let config =
+            ProxyConfig::from_json(CHECKOUT.replace(r#""faults""#, tls).as_bytes()).expect("valid");
+        assert_eq!(
+            config.apps[0].tls.as_ref().map(|t| t.key_file.as_path()),
+            Some(std::path::Path::new("/etc/web/key.pem"))
+        );
     }
 
     #[test]

@@ -56,19 +56,25 @@
 //!
 //! Around this core, the imperative shell:
 //!
-//! - [`server`]: the [`Proxy`]: one listener per application, HTTP/1.1 forwarding over a pooled
-//!   hyper client with bodies streamed both ways, `X-Forwarded-For`/`-Proto`, retry on another
-//!   endpoint after a refused connection (bodiless requests only), `502`/`504`, fault actions,
-//!   per-endpoint in-flight and health state kept across reloads by address, the atomic swap
-//!   of a whole [`RouteTable`] on reload, mirroring (a copy sent in the background, its
-//!   response discarded, bodies up to 64 KiB), and `Upgrade` (WebSocket) pass-through.
+//! - [`server`]: the [`Proxy`]: one listener per application serving HTTP/1.1 and HTTP/2
+//!   (cleartext with prior knowledge on the same listener, or TLS with ALPN), forwarding as
+//!   HTTP/1.1 over a pooled hyper client with bodies streamed both ways,
+//!   `X-Forwarded-For`/`-Proto`, retry on another endpoint after a refused connection
+//!   (bodiless requests only), `502`/`504`, fault actions, per-endpoint in-flight and health
+//!   state kept across reloads by address, the atomic swap of a whole [`RouteTable`] on
+//!   reload, mirroring (a copy sent in the background, its response discarded, bodies up to
+//!   64 KiB), `Upgrade` (WebSocket) pass-through, and the client-side limits of [`Options`]:
+//!   request head size (`431`), header read timeout against slow clients, HTTP/2 idle
+//!   timeout and concurrent streams.
+//! - [`tls`]: an application's certificate and key, read from PEM files each time a
+//!   configuration is applied, into a rustls acceptor offering `h2` and `http/1.1`.
 //! - [`admin`]: the authenticated admin API (push and read the configuration, JSON metrics
 //!   snapshots) and the unauthenticated Prometheus `/metrics`.
 //! - [`persist`]: the accepted configuration on disk, replaced atomically, so a proxy started
 //!   alone serves its last one.
 //!
-//! Not yet here: HTTP/2 and TLS, draining reports, metric deltas over the admin API, header
-//! size limits beyond hyper's defaults, and a Unix-socket admin API.
+//! Not yet here: draining reports, metric deltas over the admin API, HTTP/2 (h2c) to
+//! upstreams (instances are always spoken to in HTTP/1.1), and a Unix-socket admin API.
 
 pub mod admin;
 pub mod balance;
@@ -79,6 +85,7 @@ pub mod metrics;
 pub mod persist;
 pub mod route;
 pub mod server;
+pub mod tls;
 
 pub use config::{InvalidConfig, ProxyConfig};
 pub use route::{Pick, RequestView, RouteTable};

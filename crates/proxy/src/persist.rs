@@ -3,6 +3,10 @@
 //! The file is replaced atomically (write a temporary file, fsync it, rename it over the old
 //! one, fsync the directory): after a crash at any point the file holds either the previous
 //! configuration or the new one, whole.
+//!
+//! Beside it, `proxy.json` says which process serves and where its admin API listens
+//! ([`ProcessInfo`]), written once the admin API is bound: the controller reads it to find a
+//! proxy it started earlier (or that was restarted on another port) and to adopt it.
 
 use std::fs;
 use std::io::Write as _;
@@ -25,6 +29,44 @@ pub enum PersistError {
 /// `<state-dir>/proxy/config.json`.
 pub fn config_path(state_dir: &Path) -> PathBuf {
     state_dir.join("proxy").join("config.json")
+}
+
+/// `<state-dir>/proxy/proxy.json`.
+pub fn process_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("proxy").join("proxy.json")
+}
+
+/// The running proxy, as it announces itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// Where the admin API listens (the bound address, so `:0` resolves to a real port).
+    pub admin: std::net::SocketAddr,
+}
+
+/// Announces the running proxy, replacing the file atomically.
+pub fn write_process_info(state_dir: &Path, info: &ProcessInfo) -> Result<(), PersistError> {
+    let path = process_path(state_dir);
+    let dir = state_dir.join("proxy");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PersistError::Io { path, source }
+    };
+    fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let tmp = dir.join("proxy.json.tmp");
+    let bytes = serde_json::to_vec(info).map_err(|e| PersistError::Io {
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io(&path))
+}
+
+/// The proxy that last announced itself, if the file exists and parses.
+pub fn read_process_info(state_dir: &Path) -> Option<ProcessInfo> {
+    let bytes = fs::read(process_path(state_dir)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// The persisted configuration, or `None` when there is none yet.

@@ -441,6 +441,7 @@ mod tests {
             sticky: None,
             mirror: None,
             faults: vec![],
+            tls: None,
         }
     }
 

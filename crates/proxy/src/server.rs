@@ -11,6 +11,31 @@
 //! old configuration untouched, if either fails), [`Proxy::commit`] swaps the table in, starts
 //! the new listeners and stops those of removed applications.
 //!
+//! **Client connections.** Each application's listener serves HTTP/1.1 and HTTP/2. In
+//! cleartext, the connection's first bytes are peeked (not read) and HTTP/2's connection
+//! preface means HTTP/2 with prior knowledge (h2c); anything else goes to hyper's HTTP/1.1
+//! server, which reads the socket as it would without the check (one `peek` per connection is
+//! the whole cost). An application with `tls` is served over TLS only (rustls, see
+//! [`tls`]), and ALPN picks HTTP/2 (`h2`) or HTTP/1.1; the acceptor is taken from
+//! the served table when the connection arrives, so a reload with renewed certificate files
+//! applies to new connections. hyper-util's `auto` builder is not used because its preface
+//! detection has no deadline: a client could hold a connection by sending nothing.
+//!
+//! The limits of [`Options`]: the TLS handshake, the first bytes, each HTTP/1.1 request head
+//! and an HTTP/2 connection's first request must each arrive within `header_read_timeout`
+//! (the HTTP/1.1 timer also runs while a kept-alive connection waits for its next request, so
+//! it doubles as HTTP/1.1's idle timeout); an HTTP/2 connection with no stream open for
+//! `idle_timeout` is shut down with GOAWAY (and dropped if the client does not acknowledge
+//! within `header_read_timeout`), and PINGs find dead peers while streams are open. A request
+//! head over `max_header_bytes` is answered `431` (HTTP/1.1 closes the connection after it; an
+//! HTTP/2 header list far over the limit costs the client its connection). HTTP/2 clients may
+//! open `max_concurrent_streams` streams per connection; the reset fault resets the stream.
+//!
+//! Instances are always spoken to in HTTP/1.1. An HTTP/2 request is translated: `Host` is set
+//! from `:authority` (as it is for an HTTP/1.1 request in absolute form), split `Cookie`
+//! fields are joined into one, and the answer loses `Transfer-Encoding` and every other
+//! connection-specific header. `X-Forwarded-Proto` says `https` for requests that came over TLS.
+//!
 //! One request ([`Proxy::forward`]): route with [`RouteTable::pick`], apply a fault from
 //! [`faults::fault_for`], choose an endpoint with [`balance::choose`], send the request with its
 //! body streamed, retry once on another endpoint when a connection is refused (only for a
@@ -57,9 +82,11 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::balance::{self, EndpointState, HealthPolicy};
 use crate::config::ProxyConfig;
@@ -67,7 +94,7 @@ use crate::draw::mix;
 use crate::faults::{self, FaultAction};
 use crate::metrics::RevisionMetrics;
 use crate::route::{cookie_value, RequestView, RouteTable};
-use crate::InvalidConfig;
+use crate::{tls, InvalidConfig};
 
 /// The body type of requests sent upstream and responses sent to clients.
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -78,15 +105,42 @@ pub const MIRROR_BODY_LIMIT: u64 = 64 * 1024;
 /// The most mirrored copies outstanding at once; requests beyond it are not mirrored.
 pub const MIRRORS_IN_FLIGHT: usize = 1024;
 
-/// Settings of the data path that do not come from the controller's configuration.
+/// How often an HTTP/2 client connection is pinged, to find peers that are gone while streams
+/// are open; one that does not answer within [`H2_PING_TIMEOUT`] is closed.
+pub const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// See [`H2_PING_INTERVAL`].
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The connection preface every HTTP/2 client with prior knowledge starts with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// hyper's own HTTP/1 read buffer limit, kept unless the header limit needs more.
+const H1_READ_BUFFER: usize = 8192 + 4096 * 100;
+
+/// Settings of the data path that do not come from the controller's configuration. The
+/// defaults suit production; `gauntlet proxy` exposes the important ones as flags.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// How long an upstream has to answer with response headers before the proxy answers 504.
     pub request_timeout: Duration,
     /// How long an upstream connection attempt may take.
     pub connect_timeout: Duration,
-    /// How long a client has to send a request's headers (slow-client protection).
+    /// Slow-client protection: how long a client has for each step that precedes a request,
+    /// namely the TLS handshake, its first bytes (which tell HTTP/1.1 from HTTP/2), each
+    /// HTTP/1.1 request head, and an HTTP/2 connection's first request. HTTP/1.1 counts the
+    /// wait for the next request on a kept-alive connection too, so this is also its idle
+    /// timeout.
     pub header_read_timeout: Duration,
+    /// How long an HTTP/2 client connection may have no stream open before it is closed
+    /// (with GOAWAY).
+    pub idle_timeout: Duration,
+    /// The largest request head accepted: HTTP/1.1's request line and headers in bytes, and
+    /// HTTP/2's header list size (`SETTINGS_MAX_HEADER_LIST_SIZE`). Larger ones get `431`
+    /// (or, when the client keeps sending, a closed connection).
+    pub max_header_bytes: usize,
+    /// The most streams (requests) an HTTP/2 client may have open on one connection.
+    pub max_concurrent_streams: u32,
     pub health: HealthPolicy,
 }
 
@@ -95,7 +149,10 @@ impl Default for Options {
         Options {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+            max_concurrent_streams: 128,
             health: HealthPolicy::default(),
         }
     }
@@ -122,6 +179,8 @@ struct Served {
     table: RouteTable,
     /// `cells[app][revision][endpoint]`: the shared state of each endpoint of the table.
     cells: Vec<Vec<Vec<EndpointCell>>>,
+    /// `tls[app]`: the acceptor of an application served over TLS.
+    tls: Vec<Option<TlsAcceptor>>,
 }
 
 struct Inner {
@@ -132,6 +191,8 @@ struct Inner {
     /// Serialises reloads from `prepare` to `commit`.
     reload: Arc<AsyncMutex<()>>,
     client: Client<HttpConnector, ProxyBody>,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     options: Options,
     seed: u64,
     sequence: AtomicU64,
@@ -163,6 +224,7 @@ pub struct Proxy {
 pub struct Prepared {
     config: ProxyConfig,
     table: RouteTable,
+    tls: Vec<Option<TlsAcceptor>>,
     listeners: Vec<(SocketAddr, TcpListener)>,
     _reload: OwnedMutexGuard<()>,
 }
@@ -195,6 +257,7 @@ impl Proxy {
             config: empty,
             table,
             cells: Vec::new(),
+            tls: Vec::new(),
         };
         let seed = {
             use std::hash::{BuildHasher, Hasher};
@@ -202,6 +265,19 @@ impl Proxy {
                 .build_hasher()
                 .finish()
         };
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout)
+            .max_header_size(options.max_header_bytes)
+            .max_buf_size(options.max_header_bytes.max(H1_READ_BUFFER));
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(options.max_concurrent_streams)
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT);
         Proxy {
             inner: Arc::new(Inner {
                 served: RwLock::new(Arc::new(served)),
@@ -209,6 +285,8 @@ impl Proxy {
                 listeners: Mutex::new(HashMap::new()),
                 reload: Arc::new(AsyncMutex::new(())),
                 client,
+                http1,
+                http2,
                 options,
                 seed,
                 sequence: AtomicU64::new(0),
@@ -269,10 +347,29 @@ impl Proxy {
         out
     }
 
-    /// Compiles `config` and binds the listeners it adds. Waits for a reload in progress.
+    /// Compiles `config`, reads the TLS files it names and binds the listeners it adds. Waits
+    /// for a reload in progress.
     pub async fn prepare(&self, config: ProxyConfig) -> Result<Prepared, ApplyError> {
         let guard = Arc::clone(&self.inner.reload).lock_owned().await;
         let table = RouteTable::compile(&config, Some(&self.inner.current().table))?;
+        let mut acceptors = Vec::with_capacity(config.apps.len());
+        let mut problems = Vec::new();
+        for app in &config.apps {
+            let acceptor = match &app.tls {
+                Some(files) => match tls::acceptor(&app.name, files).await {
+                    Ok(acceptor) => Some(acceptor),
+                    Err(errors) => {
+                        problems.extend(errors);
+                        None
+                    }
+                },
+                None => None,
+            };
+            acceptors.push(acceptor);
+        }
+        if !problems.is_empty() {
+            return Err(InvalidConfig(problems).into());
+        }
         let mut listeners = Vec::new();
         for app in &config.apps {
             if lock(&self.inner.listeners).contains_key(&app.listen) {
@@ -291,6 +388,7 @@ impl Proxy {
         Ok(Prepared {
             config,
             table,
+            tls: acceptors,
             listeners,
             _reload: guard,
         })
@@ -301,6 +399,7 @@ impl Proxy {
         let Prepared {
             config,
             table,
+            tls,
             listeners,
             _reload,
         } = prepared;
@@ -334,6 +433,7 @@ impl Proxy {
             config,
             table,
             cells,
+            tls,
         });
         *self
             .inner
@@ -382,34 +482,150 @@ impl Proxy {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let proxy = self.clone();
-            let header_read_timeout = self.inner.options.header_read_timeout;
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let proxy = proxy.clone();
-                    async move { proxy.forward(listen, peer, request).await }
-                });
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_read_timeout)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
-                if let Err(e) = served {
-                    tracing::debug!(%listen, %peer, "client connection ended: {e}");
-                }
-            });
+            tokio::spawn(self.clone().connection(listen, peer, stream));
         }
     }
 
-    /// Forwards one request received on `listen` from `peer`. `Err` closes the client
-    /// connection without an answer (the reset fault).
+    /// Serves one client connection: TLS if the application has it (ALPN picks the
+    /// protocol), otherwise HTTP/2 if it opens with the HTTP/2 preface, else HTTP/1.1.
+    async fn connection(self, listen: SocketAddr, peer: SocketAddr, stream: TcpStream) {
+        let deadline = self.inner.options.header_read_timeout;
+        let acceptor = {
+            let served = self.inner.current();
+            served
+                .table
+                .app_index(listen)
+                .and_then(|app| served.tls.get(app).cloned().flatten())
+        };
+        let mut client = ClientConn {
+            listen,
+            peer,
+            tls: false,
+        };
+        let Some(acceptor) = acceptor else {
+            match tokio::time::timeout(deadline, sniff(&stream)).await {
+                Ok(Ok(Protocol::Http2)) => self.serve_h2(TokioIo::new(stream), client).await,
+                Ok(Ok(Protocol::Http1)) => self.serve_h1(TokioIo::new(stream), client).await,
+                Ok(Err(e)) => tracing::debug!(%listen, %peer, "client connection failed: {e}"),
+                Err(_) => {
+                    tracing::debug!(%listen, %peer, "no request within the header read timeout")
+                }
+            }
+            return;
+        };
+        let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%listen, %peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%listen, %peer, "no TLS handshake within the header read time");
+                return;
+            }
+        };
+        client.tls = true;
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            self.serve_h2(TokioIo::new(stream), client).await;
+        } else {
+            self.serve_h1(TokioIo::new(stream), client).await;
+        }
+    }
+
+    async fn serve_h1<I>(self, io: TokioIo<I>, client: ClientConn)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let proxy = self.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let proxy = proxy.clone();
+            async move { proxy.forward_from(client, request).await }
+        });
+        let served = self
+            .inner
+            .http1
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await;
+        if let Err(e) = served {
+            let ClientConn { listen, peer, .. } = client;
+            tracing::debug!(%listen, %peer, "client connection ended: {e}");
+        }
+    }
+
+    /// Serves an HTTP/2 connection until the client closes it, or until it has had no stream
+    /// open for the idle timeout (the header read timeout before its first request): then it
+    /// is shut down gracefully with GOAWAY.
+    async fn serve_h2<I>(self, io: TokioIo<I>, client: ClientConn)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::new());
+        let proxy = self.clone();
+        let streams = Arc::clone(&activity);
+        let service = hyper::service::service_fn(move |request| {
+            let proxy = proxy.clone();
+            let open = OpenStream::start(&streams);
+            async move {
+                let response = proxy.forward_from(client, request).await?;
+                Ok::<_, ResetConnection>(response.map(|body| StreamBody {
+                    inner: body,
+                    _open: open,
+                }))
+            }
+        });
+        let options = &self.inner.options;
+        let connection = self.inner.http2.serve_connection(io, service);
+        tokio::pin!(connection);
+        let served = tokio::select! {
+            served = connection.as_mut() => served,
+            () = activity.idle(options.header_read_timeout, options.idle_timeout) => {
+                connection.as_mut().graceful_shutdown();
+                // A stream that raced the GOAWAY still finishes. Otherwise the client has the
+                // header read timeout to acknowledge the shutdown's PING; a client that never
+                // does is dropped.
+                loop {
+                    tokio::select! {
+                        served = connection.as_mut() => break served,
+                        () = tokio::time::sleep(options.header_read_timeout) => {
+                            if activity.open() == 0 {
+                                break Ok(());
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if let Err(e) = served {
+            let ClientConn { listen, peer, .. } = client;
+            tracing::debug!(%listen, %peer, "HTTP/2 client connection ended: {e}");
+        }
+    }
+
+    /// Forwards one request received in cleartext on `listen` from `peer`. `Err` closes the
+    /// client connection without an answer (the reset fault).
     pub async fn forward(
         &self,
         listen: SocketAddr,
         peer: SocketAddr,
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ResetConnection> {
+        let client = ClientConn {
+            listen,
+            peer,
+            tls: false,
+        };
+        self.forward_from(client, request).await
+    }
+
+    /// [`Proxy::forward`] for a request from `client`, over either HTTP version. On HTTP/2
+    /// the reset fault resets the stream, not the connection.
+    async fn forward_from(
+        &self,
+        client: ClientConn,
+        request: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ResetConnection> {
+        let ClientConn { listen, peer, tls } = client;
         let started = Instant::now();
         let served = self.inner.current();
         let Some(app_index) = served.table.app_index(listen) else {
@@ -443,7 +659,8 @@ impl Proxy {
             None => None,
         };
         strip_hop_by_hop(&mut parts.headers);
-        add_forwarded(&mut parts.headers, peer);
+        to_http1_request(&mut parts);
+        add_forwarded(&mut parts.headers, peer, tls);
         if let Some(protocol) = &upgrade {
             parts
                 .headers
@@ -555,6 +772,10 @@ impl Proxy {
                     let (mut head, upstream_body) = response.into_parts();
                     let protocol = head.headers.get(header::UPGRADE).cloned();
                     strip_hop_by_hop(&mut head.headers);
+                    if parts.version == Version::HTTP_2 {
+                        // Framing is HTTP/2's own; the HTTP/1.1 header must not reach it.
+                        head.headers.remove(header::TRANSFER_ENCODING);
+                    }
                     if let Some(sticky) = pick.sticky_set {
                         let cookie = format!("{}={}; Path=/; HttpOnly", sticky.name, sticky.value);
                         if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -923,7 +1144,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
+fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool) {
     let ip = peer.ip().to_string();
     let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {ip}"),
@@ -932,7 +1153,174 @@ fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert("x-forwarded-for", value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let proto = if tls { "https" } else { "http" };
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+}
+
+/// Makes a request's head fit for the HTTP/1.1 upstream. An HTTP/2 request names its host
+/// only in `:authority` (the URI), and may split `Cookie` into several fields (RFC 9113
+/// §8.2.3), which HTTP/1.1 wants as one; an HTTP/1.1 request in absolute form also names its
+/// host in the URI, which then overrides `Host` (RFC 9112 §3.2.2).
+fn to_http1_request(parts: &mut http::request::Parts) {
+    if let Some(authority) = parts.uri.authority() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+    if parts.version == Version::HTTP_2 {
+        let mut cookies = parts.headers.get_all(header::COOKIE).iter();
+        if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
+            let mut joined = first.as_bytes().to_vec();
+            for value in parts.headers.get_all(header::COOKIE).iter().skip(1) {
+                joined.extend_from_slice(b"; ");
+                joined.extend_from_slice(value.as_bytes());
+            }
+            if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+                parts.headers.insert(header::COOKIE, joined);
+            }
+        }
+    }
+}
+
+/// What a cleartext client connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Judges a connection by its first bytes: HTTP/2 with prior knowledge if they are the
+/// preface, HTTP/1.1 otherwise (an HTTP/1.1 request differs from the preface by its second
+/// byte at the latest). `None` while they are a proper prefix of the preface.
+fn classify(first: &[u8]) -> Option<Protocol> {
+    if first.is_empty() {
+        // The client closed: HTTP/1.1's connection ends it quietly.
+        return Some(Protocol::Http1);
+    }
+    let n = first.len().min(H2_PREFACE.len());
+    if first[..n] != H2_PREFACE[..n] {
+        Some(Protocol::Http1)
+    } else if n == H2_PREFACE.len() {
+        Some(Protocol::Http2)
+    } else {
+        None
+    }
+}
+
+/// [`classify`] over the connection's first bytes, peeked (not consumed), so the HTTP/1.1
+/// path reads its socket exactly as it would without the check. The caller bounds it with
+/// the header read timeout.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    // Only a client that sends part of the preface and pauses comes round again.
+    for _ in 0..1000 {
+        let n = stream.peek(&mut first).await?;
+        if let Some(protocol) = classify(&first[..n]) {
+            return Ok(protocol);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(Protocol::Http1)
+}
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy)]
+struct ClientConn {
+    /// The listener, which names the application.
+    listen: SocketAddr,
+    peer: SocketAddr,
+    /// Over TLS: `X-Forwarded-Proto: https`.
+    tls: bool,
+}
+
+/// The streams open on one HTTP/2 client connection and when the last one closed, for its
+/// idle timeout. On tokio's clock, so tests can advance it.
+struct Activity(Mutex<ActivityState>);
+
+struct ActivityState {
+    open: usize,
+    /// When the last stream closed (the connection's start before the first).
+    since: tokio::time::Instant,
+    started: u64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity(Mutex::new(ActivityState {
+            open: 0,
+            since: tokio::time::Instant::now(),
+            started: 0,
+        }))
+    }
+
+    fn open(&self) -> usize {
+        lock(&self.0).open
+    }
+
+    /// Resolves once no stream has been open for `idle`, or, before the first request, for
+    /// `first`. Runs until then: the caller drops it with the connection.
+    async fn idle(&self, first: Duration, idle: Duration) {
+        loop {
+            let wake = {
+                let state = lock(&self.0);
+                let limit = if state.started == 0 { first } else { idle };
+                (state.open == 0).then(|| state.since + limit)
+            };
+            match wake {
+                Some(at) if at <= tokio::time::Instant::now() => return,
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => tokio::time::sleep(idle).await,
+            }
+        }
+    }
+}
+
+/// One open stream of an HTTP/2 connection, from its request to the end of its response body.
+struct OpenStream(Arc<Activity>);
+
+impl OpenStream {
+    fn start(activity: &Arc<Activity>) -> OpenStream {
+        {
+            let mut state = lock(&activity.0);
+            state.open += 1;
+            state.started += 1;
+        }
+        OpenStream(Arc::clone(activity))
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0 .0);
+        state.open = state.open.saturating_sub(1);
+        state.since = tokio::time::Instant::now();
+    }
+}
+
+/// A response body on an HTTP/2 connection, which keeps its stream counted as open.
+struct StreamBody {
+    inner: ProxyBody,
+    _open: OpenStream,
+}
+
+impl Body for StreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -957,9 +1345,89 @@ mod tests {
     fn forwarded_for_appends_the_peer_to_an_existing_chain() {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut headers, "127.0.0.2:4000".parse().unwrap());
+        add_forwarded(&mut headers, "127.0.0.2:4000".parse().unwrap(), false);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.2");
         assert_eq!(headers["x-forwarded-proto"], "http");
+        add_forwarded(&mut headers, "127.0.0.3:4000".parse().unwrap(), true);
+        assert_eq!(headers["x-forwarded-proto"], "https");
+    }
+
+    /// Whether `future` is still pending after tokio's (paused) clock has moved by `by`.
+    async fn pending_after<F: std::future::Future>(
+        future: &mut std::pin::Pin<&mut F>,
+        by: Duration,
+    ) -> bool {
+        tokio::time::timeout(by, future.as_mut()).await.is_err()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_without_a_request_is_idle_after_the_first_limit() {
+        let activity = Activity::new();
+        let idle = activity.idle(Duration::from_secs(10), Duration::from_secs(60));
+        tokio::pin!(idle);
+        assert!(pending_after(&mut idle, Duration::from_secs(9)).await);
+        assert!(!pending_after(&mut idle, Duration::from_secs(2)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_stream_keeps_an_http2_connection_busy_and_idleness_counts_from_its_end() {
+        let activity = Arc::new(Activity::new());
+        let stream = OpenStream::start(&activity);
+        let idle = activity.idle(Duration::from_secs(10), Duration::from_secs(60));
+        tokio::pin!(idle);
+        assert!(pending_after(&mut idle, Duration::from_secs(250)).await);
+        assert_eq!(activity.open(), 1);
+        drop(stream);
+        assert_eq!(activity.open(), 0);
+        assert!(pending_after(&mut idle, Duration::from_secs(59)).await);
+        assert!(!pending_after(&mut idle, Duration::from_secs(2)).await);
+    }
+
+    #[test]
+    fn the_preface_means_http2_and_anything_else_http1() {
+        assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
+        let mut more = H2_PREFACE.to_vec();
+        more.extend_from_slice(b"\x00\x00\x00\x04");
+        assert_eq!(classify(&more), Some(Protocol::Http2));
+        assert_eq!(classify(b"PRI * HTTP/2"), None);
+        assert_eq!(classify(b"P"), None);
+        assert_eq!(classify(b"POST / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n\r\n"), Some(Protocol::Http1));
+        assert_eq!(
+            classify(b"PRI * HTTP/1.1\r\n\r\nSM\r\n\r\n"),
+            Some(Protocol::Http1)
+        );
+        assert_eq!(classify(b""), Some(Protocol::Http1));
+    }
+
+    #[test]
+    fn an_http2_request_gets_host_from_its_authority_and_one_cookie_header() {
+        let request = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("https://shop.example:8443/cart?x=1")
+            .header(header::COOKIE, "a=1")
+            .header(header::COOKIE, "b=2")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = request.into_parts();
+        to_http1_request(&mut parts);
+        assert_eq!(parts.headers[header::HOST], "shop.example:8443");
+        let cookies: Vec<_> = parts.headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
+    }
+
+    #[test]
+    fn an_origin_form_http1_request_keeps_its_host_header() {
+        let request = Request::builder()
+            .uri("/cart")
+            .header(header::HOST, "shop.example")
+            .header(header::COOKIE, "a=1")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = request.into_parts();
+        to_http1_request(&mut parts);
+        assert_eq!(parts.headers[header::HOST], "shop.example");
+        assert_eq!(parts.headers[header::COOKIE], "a=1");
     }
 
     #[test]
