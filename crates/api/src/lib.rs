@@ -4,12 +4,20 @@
 //! `Authorization: Bearer <token>`, compared in constant time. The routes are documented in
 //! `docs/api.md`; the CLI is a thin client of them.
 //!
+//! Flags are served on the same listener: OFREP under `/ofrep/v1/` (`ofrep.rs`), with its own
+//! read-only evaluation keys and CORS, and the admin view under `/api/v1/flags` (`flags.rs`).
+//!
 //! The router only answers; serving it is the caller's job. `POST /api/v1/shutdown` sets
 //! [`ApiConfig::shutdown`] and answers 202 at once, so the caller should serve with
 //! `axum::serve(..).with_graceful_shutdown(..)` on that signal: the 202 and every call in
 //! flight are then answered before the controller stops.
 
 use std::sync::Arc;
+
+mod flags;
+mod ofrep;
+
+pub use ofrep::EvaluationKeys;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -48,6 +56,8 @@ pub struct ApiConfig {
     /// Set when a client asks the controller to stop, just before the handler answers 202;
     /// serve the router with a graceful shutdown on it so that answer is delivered.
     pub shutdown: watch::Sender<Option<Shutdown>>,
+    /// Keys that may evaluate flags over OFREP (never the admin API); empty: OFREP is open.
+    pub evaluation_keys: EvaluationKeys,
 }
 
 struct AppState<R> {
@@ -55,7 +65,7 @@ struct AppState<R> {
     config: ApiConfig,
 }
 
-type Shared<R> = Arc<AppState<R>>;
+pub(crate) type Shared<R> = Arc<AppState<R>>;
 
 /// The API's routes.
 pub fn router<R: Runtime + Clone>(controller: Controller<R>, config: ApiConfig) -> Router {
@@ -67,10 +77,25 @@ pub fn router<R: Runtime + Clone>(controller: Controller<R>, config: ApiConfig) 
         .route("/api/v1/diff", get(diff::<R>))
         .route("/api/v1/history", get(history::<R>))
         .route("/api/v1/shutdown", post(shutdown::<R>))
+        .route("/api/v1/flags", get(flags::list::<R>))
+        .route("/api/v1/flags/{key}", get(flags::get::<R>))
+        .route("/api/v1/flags/{key}/evaluate", post(flags::evaluate::<R>))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_token::<R>,
         ));
+    let ofrep = Router::new()
+        .route(
+            "/ofrep/v1/evaluate/flags/{key}",
+            post(ofrep::evaluate_one::<R>),
+        )
+        .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all::<R>))
+        .route("/ofrep/v1/configuration", get(ofrep::configuration))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ofrep::require_key::<R>,
+        ))
+        .layer(middleware::from_fn(ofrep::cors));
     Router::new()
         .route(
             "/api/v1/healthz",
@@ -78,11 +103,12 @@ pub fn router<R: Runtime + Clone>(controller: Controller<R>, config: ApiConfig) 
         )
         .route("/api/v1/webhooks/git", post(webhook_git::<R>))
         .merge(authed)
+        .merge(ofrep)
         .with_state(state)
 }
 
 /// An error as the API returns it: a status and `{"error": "..."}`.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -216,8 +216,9 @@ pub fn validate(path: &Path) -> Result<ExitCode> {
     match gauntlet_spec::parse(&files) {
         Ok(desired) => {
             println!(
-                "ok: {} applications in {} files",
+                "ok: {} applications and {} flags in {} files",
                 desired.applications.len(),
+                desired.flags.flags.len(),
                 files.len()
             );
             Ok(ExitCode::SUCCESS)
@@ -315,6 +316,24 @@ pub fn print_status(out: &mut dyn Write, s: &Status) -> std::io::Result<()> {
             src.failures
         )?;
     }
+    if let Some(p) = &s.proxy {
+        match (p.pid, p.admin) {
+            (Some(pid), Some(admin)) => writeln!(
+                out,
+                "proxy    pid {pid}, admin {admin}, configuration {}",
+                p.version
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "unknown".into())
+            )?,
+            _ => writeln!(out, "proxy    not running (the controller restarts it)")?,
+        }
+        if let Some(e) = &p.error {
+            writeln!(out, "         error: {e}")?;
+        }
+        for (app, reason) in &p.unbound {
+            writeln!(out, "         {app} not served: {reason}")?;
+        }
+    }
     writeln!(out)?;
     writeln!(
         out,
@@ -355,6 +374,26 @@ fn print_app_detail(out: &mut dyn Write, a: &AppStatus) -> std::io::Result<()> {
     writeln!(out, "ready     {}/{}", a.ready, a.replicas)?;
     if let Some(s) = &a.service {
         writeln!(out, "service   {s}")?;
+    }
+    for t in &a.traffic {
+        match &t.live {
+            Some(l) => writeln!(
+                out,
+                "traffic   {t}: {:.1} req/s, errors {}, p50 {}, p99 {} (last {:.0}s)",
+                l.requests_per_second,
+                l.error_rate
+                    .map(|e| format!("{:.2}%", e * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                l.p50_ms
+                    .map(|v| format!("{v:.1} ms"))
+                    .unwrap_or_else(|| "-".into()),
+                l.p99_ms
+                    .map(|v| format!("{v:.1} ms"))
+                    .unwrap_or_else(|| "-".into()),
+                l.window_seconds
+            )?,
+            None => writeln!(out, "traffic   {t}")?,
+        }
     }
     for w in &a.warnings {
         writeln!(out, "warning   {w}")?;

@@ -2,9 +2,11 @@
 //!
 //! It creates a Git repository with one application, starts a real controller process
 //! (`gauntlet up`) on it, and then, each time by committing to Git and waiting for the
-//! controller to converge: deploys v1, replaces it with v2, shows a malformed commit rejected
-//! with its file:line error while v2 keeps serving, kills an instance and watches it heal, and
-//! removes the application and watches it pruned. Every stage is checked against what really
+//! controller to converge: deploys v1, replaces it with v2 while requests flow through the
+//! proxy on the application's service address (none may fail), shows a malformed commit rejected
+//! with its file:line error while v2 keeps serving, kills an instance and watches it heal, turns
+//! a feature flag on for 10 % and then 50 % of users by two commits (evaluating it over OFREP
+//! for 1,000 users after each), and removes the application and watches it pruned. Every stage is checked against what really
 //! runs (HTTP answers, process ids); the demo exits 0 only if every stage behaved, and leaves
 //! no process behind unless asked to with `--keep`.
 
@@ -100,6 +102,8 @@ fn report_failure(e: &anyhow::Error, log: &Path) {
 }
 
 struct Demo {
+    /// The application's `service.listen` port, served by the proxy.
+    service: u16,
     repo: PathBuf,
     state: PathBuf,
     log: PathBuf,
@@ -118,7 +122,8 @@ impl Demo {
         std::fs::create_dir_all(&repo).with_context(|| format!("creating {}", repo.display()))?;
         git(&repo, &["init", "-q", "-b", "main"])?;
         stage("Setup", &format!("a Git repository at {}", repo.display()));
-        write_app(&repo, "v1", 2, false)?;
+        let service = free_port()?;
+        write_app(&repo, service, "v1", 2, false)?;
         git(&repo, &["add", "-A"])?;
         git(&repo, &["commit", "-q", "-m", "Deploy hello v1"])?;
 
@@ -130,6 +135,7 @@ impl Demo {
             .arg("--state-dir")
             .arg(&state)
             .args(["--listen", "127.0.0.1:0", "--interval", "1s"])
+            .args(["--proxy-admin", "127.0.0.1:0"])
             .args(["--allow-empty", "--stop-instances-on-exit"])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -138,6 +144,7 @@ impl Demo {
             .context("starting the controller")?;
         match connect(&mut controller, &state) {
             Ok(client) => Ok(Demo {
+                service,
                 repo,
                 state,
                 log,
@@ -153,7 +160,7 @@ impl Demo {
 
     fn stages(&mut self) -> Result<()> {
         // 1. v1
-        stage("1/5", "v1 is deployed from the first commit");
+        stage("1/6", "v1 is deployed from the first commit");
         let c1 = head(&self.repo)?;
         let app = self.wait_app("v1 healthy with 2 ready instances", |s, a| {
             applied(s) == c1 && a.health == Health::Healthy && a.ready == 2
@@ -163,10 +170,11 @@ impl Demo {
 
         // 2. v2
         stage(
-            "2/5",
+            "2/6",
             "v2 is committed and replaces v1 (new instances ready before old stop)",
         );
-        write_app(&self.repo, "v2", 2, false)?;
+        let traffic = Traffic::start(self.service);
+        write_app(&self.repo, self.service, "v2", 2, false)?;
         git(&self.repo, &["commit", "-qam", "Release hello v2"])?;
         let c2 = head(&self.repo)?;
         self.sync()?;
@@ -177,12 +185,24 @@ impl Demo {
                 && a.instances.len() == 2
                 && a.instances.iter().all(|i| i.revision == a.revision)
         })?;
+        let counts = traffic.finish();
         self.check_answers(&app, "v2")?;
         println!("  revision {rev1} -> {}", app.revision);
+        println!(
+            "  through the proxy on 127.0.0.1:{} during the update: {} requests, {} answered v1, {} answered v2, {} failed",
+            self.service, counts.sent, counts.v1, counts.v2, counts.failed
+        );
+        if counts.failed > 0 {
+            bail!(
+                "{} requests failed during the update: {:?}",
+                counts.failed,
+                counts.first_failure
+            );
+        }
 
         // 3. malformed commit
-        stage("3/5", "a malformed commit is rejected; v2 keeps running");
-        write_app(&self.repo, "v3", 2, true)?;
+        stage("3/6", "a malformed commit is rejected; v2 keeps running");
+        write_app(&self.repo, self.service, "v3", 2, true)?;
         git(&self.repo, &["commit", "-qam", "Typo in the manifest"])?;
         let c3 = head(&self.repo)?;
         self.sync()?;
@@ -211,12 +231,12 @@ impl Demo {
         self.check_answers(&app, "v2")?;
 
         // Repair the manifest so the next stages start from a valid head.
-        write_app(&self.repo, "v2", 2, false)?;
+        write_app(&self.repo, self.service, "v2", 2, false)?;
         git(&self.repo, &["commit", "-qam", "Fix the manifest"])?;
         self.sync()?;
 
         // 4. self-heal
-        stage("4/5", "an instance is killed with SIGKILL and healed");
+        stage("4/6", "an instance is killed with SIGKILL and healed");
         let victim = app
             .instances
             .first()
@@ -244,8 +264,17 @@ impl Demo {
         }
         self.check_answers(&app, "v2")?;
 
-        // 5. prune
-        stage("5/5", "the application is removed from Git and pruned");
+        // 5. a feature flag, rolled out by two commits
+        stage(
+            "5/6",
+            "a feature flag is turned on for 10 % of users, then 50 %, by two commits",
+        );
+        for percent in [10, 50] {
+            self.flag_rollout(percent)?;
+        }
+
+        // 6. prune
+        stage("6/6", "the application is removed from Git and pruned");
         let pids: Vec<u32> = app.instances.iter().filter_map(|i| i.pid).collect();
         git(&self.repo, &["rm", "-q", "apps/hello.yaml"])?;
         git(&self.repo, &["commit", "-qm", "Remove hello"])?;
@@ -266,8 +295,61 @@ impl Demo {
         Ok(())
     }
 
+    /// Commits `new-checkout` on for `percent` % of users, then evaluates it over OFREP (as an
+    /// application's OpenFeature SDK would) for 1,000 users and checks the split is within 4σ
+    /// of the binomial expectation.
+    fn flag_rollout(&self, percent: u32) -> Result<()> {
+        const USERS: u32 = 1000;
+        write_flags(&self.repo, percent)?;
+        git(&self.repo, &["add", "-A"])?;
+        let message = format!("Turn new-checkout on for {percent} % of users");
+        git(&self.repo, &["commit", "-qm", &message])?;
+        let commit = head(&self.repo)?;
+        self.sync()?;
+        let served: serde_json::Value = self.client.get("/api/v1/flags")?;
+        if served["commit"].as_str() != Some(commit.as_str()) {
+            bail!(
+                "the flags served are from {}, not {commit}",
+                served["commit"]
+            );
+        }
+        let listen = paths::read_controller_info(&self.state)?.listen;
+        let url = format!("http://{listen}/ofrep/v1/evaluate/flags/new-checkout");
+        let http = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let mut on = 0u32;
+        for user in 0..USERS {
+            let answer: serde_json::Value = http
+                .post(&url)
+                .json(&serde_json::json!({"context": {"targetingKey": format!("user-{user}")}}))
+                .send()
+                .and_then(|r| r.error_for_status()?.json())
+                .with_context(|| format!("POST {url}"))?;
+            match answer["value"].as_bool() {
+                Some(true) => on += 1,
+                Some(false) => {}
+                None => bail!("{url} answered {answer}"),
+            }
+        }
+        let p = f64::from(percent) / 100.0;
+        let n = f64::from(USERS);
+        let sigma = (n * p * (1.0 - p)).sqrt();
+        let off_by = (f64::from(on) - n * p).abs() / sigma;
+        println!(
+            "  commit {}: new-checkout on for {on} of {USERS} users ({:.1} %, target {percent} %, {off_by:.1}σ off)",
+            crate::commands::short(&commit),
+            f64::from(on) * 100.0 / n,
+        );
+        if off_by > 4.0 {
+            bail!("the split is {off_by:.1}σ away from {percent} %");
+        }
+        Ok(())
+    }
+
     fn restore(&mut self) -> Result<()> {
-        write_app(&self.repo, "v2", 2, false)?;
+        write_app(&self.repo, self.service, "v2", 2, false)?;
         git(&self.repo, &["add", "-A"])?;
         git(&self.repo, &["commit", "-qm", "Restore hello v2"])?;
         self.sync()?;
@@ -332,8 +414,85 @@ impl Demo {
             }
             println!("  GET {url} -> {}", body.trim());
         }
+        let url = format!("http://127.0.0.1:{}/", self.service);
+        wait_for(&format!("{url} to answer {version}"), || {
+            let body = http.get(&url).send().and_then(|r| r.text()).ok();
+            Ok(body.filter(|b| b.trim() == version))
+        })?;
+        println!("  GET {url} (the service, through the proxy) -> {version}");
         Ok(())
     }
+}
+
+/// Requests sent to the service address from a background thread, about 100 a second, until
+/// `finish`; the answers are counted by version.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<TrafficCounts>,
+}
+
+#[derive(Debug, Default)]
+struct TrafficCounts {
+    sent: u64,
+    v1: u64,
+    v2: u64,
+    failed: u64,
+    first_failure: Option<String>,
+}
+
+impl Traffic {
+    fn start(port: u16) -> Traffic {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut counts = TrafficCounts::default();
+            let Ok(http) = reqwest::blocking::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()
+            else {
+                return counts;
+            };
+            let url = format!("http://127.0.0.1:{port}/");
+            // Bounded: at most ten minutes of requests even if never stopped.
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                counts.sent += 1;
+                match http
+                    .get(&url)
+                    .send()
+                    .and_then(|r| r.error_for_status()?.text())
+                {
+                    Ok(body) if body.trim() == "v1" => counts.v1 += 1,
+                    Ok(body) if body.trim() == "v2" => counts.v2 += 1,
+                    Ok(body) => {
+                        counts.failed += 1;
+                        counts
+                            .first_failure
+                            .get_or_insert(format!("answered {:?}", body.trim()));
+                    }
+                    Err(e) => {
+                        counts.failed += 1;
+                        counts.first_failure.get_or_insert(e.to_string());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            counts
+        });
+        Traffic { stop, thread }
+    }
+
+    fn finish(self) -> TrafficCounts {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// A port nothing listens on now, for the demo's service address.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// Waits until the controller has written `controller.json` (it is then listening) and returns
@@ -442,7 +601,7 @@ fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<Option<T>>) -> Resu
     }
 }
 
-fn write_app(repo: &Path, version: &str, replicas: u32, typo: bool) -> Result<()> {
+fn write_app(repo: &Path, service: u16, version: &str, replicas: u32, typo: bool) -> Result<()> {
     let exe = gauntlet_exe()?;
     let command_key = if typo { "comand" } else { "command" };
     let yaml = format!(
@@ -459,6 +618,8 @@ spec:
   readiness:
     httpGet: {{path: /healthz}}
     periodSeconds: 1
+  service:
+    listen: "127.0.0.1:{service}"
 "#,
         exe = exe.display()
     );
@@ -468,6 +629,29 @@ spec:
     let path = dir.join("hello.yaml");
     std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// The demo's flag set: `new-checkout` on for `percent` % of users, bucketed by targeting key.
+fn write_flags(repo: &Path, percent: u32) -> Result<()> {
+    let path = repo.join("flags/checkout.yaml");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let yaml = format!(
+        "apiVersion: gauntlet.dev/v1alpha1
+kind: FeatureFlags
+metadata: {{name: checkout-flags}}
+spec:
+  flags:
+    new-checkout:
+      state: ENABLED
+      variants: {{on: true, off: false}}
+      defaultVariant: off
+      targeting: {{fractional: [[on, {percent}], [off, {rest}]]}}
+",
+        rest = 100 - percent
+    );
+    std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))
 }
 
 fn git(repo: &Path, args: &[&str]) -> Result<()> {
@@ -504,7 +688,7 @@ fn head(repo: &Path) -> Result<String> {
 
 /// This binary's path. Linux reports a binary replaced on disk (a rebuild while the demo runs)
 /// as `PATH (deleted)`; the new binary at the same path is the one to run.
-fn gauntlet_exe() -> Result<PathBuf> {
+pub(crate) fn gauntlet_exe() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the gauntlet binary")?;
     let text = exe.to_string_lossy();
     Ok(match text.strip_suffix(" (deleted)") {

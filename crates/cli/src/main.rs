@@ -9,8 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod client;
 mod commands;
+mod dataplane;
 mod demo;
 mod demo_app;
+mod flags_cmd;
+mod load;
 mod paths;
 mod proxy_cmd;
 mod up;
@@ -41,7 +44,7 @@ pub enum Output {
 #[derive(Subcommand)]
 enum Command {
     /// Start the controller: follow a Git repository and keep this machine equal to it.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Stop the running controller (instances keep running unless --stop-instances).
     Down {
         /// Stop every application instance too.
@@ -90,17 +93,24 @@ enum Command {
     },
     /// Check a directory of manifests offline; exits non-zero with file:line errors.
     Validate {
-        /// A directory (searched recursively for *.yaml/*.yml) or a single file.
+        /// A directory (searched recursively for *.yaml/*.yml/*.json; *.flagd.json are flag
+        /// sets) or a single file.
         path: PathBuf,
     },
     /// Print the JSON Schema of the manifests, for editors.
     Schema,
+    /// The feature flags the controller serves: list them, show one, evaluate one.
+    #[command(subcommand)]
+    Flags(flags_cmd::FlagsCommand),
     /// Run the whole loop on a temporary repository and show each stage.
     Demo(demo::DemoArgs),
     /// A small HTTP service whose knobs make good and bad releases, for demos and tests.
     DemoApp(demo_app::DemoAppArgs),
     /// Run the data plane: serve every application's listen address and split its traffic.
     Proxy(proxy_cmd::ProxyArgs),
+    /// Send GET requests at a fixed rate for a fixed time and print a JSON summary of the
+    /// answers (statuses, errors, bodies); bounded, for tests and demos.
+    Load(load::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -117,7 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Resolved only by the commands that use it, so offline ones work without HOME.
     let state_dir = || paths::state_dir(cli.state_dir.clone());
     match cli.command {
-        Command::Up(args) => up::run(args, state_dir()?),
+        Command::Up(args) => up::run(*args, state_dir()?),
         Command::Down { stop_instances } => commands::down(&state_dir()?, stop_instances),
         Command::Status { app, output } => commands::status(&state_dir()?, app.as_deref(), output),
         Command::Sync { app } => commands::sync(&state_dir()?, app.as_deref()),
@@ -128,8 +138,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs { app, follow, tail } => commands::logs(&state_dir()?, &app, follow, tail),
         Command::Validate { path } => commands::validate(&path),
         Command::Schema => commands::schema(),
+        Command::Flags(command) => flags_cmd::run(&state_dir()?, command),
         Command::Demo(args) => demo::run(args),
         Command::DemoApp(args) => demo_app::run(args),
         Command::Proxy(args) => proxy_cmd::run(args, state_dir()?),
+        Command::Load(args) => load::run(args),
     }
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gauntlet_api::{ApiConfig, Shutdown};
+use gauntlet_reconcile::proxy_link::ProxyLink;
 use gauntlet_reconcile::{Controller, ControllerConfig};
 use gauntlet_runtime::local::LocalRuntime;
 use gauntlet_runtime::Runtime;
@@ -27,6 +28,7 @@ use gauntlet_source::{redact_url, Auth, Secret, SourceConfig};
 use gauntlet_store::{Actor, AuditRecord, Store};
 use tokio::sync::watch;
 
+use crate::dataplane::Dataplane;
 use crate::paths;
 
 #[derive(Args)]
@@ -43,6 +45,10 @@ pub struct UpArgs {
     /// Address of the controller's API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Address of the admin API of the proxy the controller starts and supervises (`:0`
+    /// picks a free port). Keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    proxy_admin: SocketAddr,
     /// How often to poll the repository (at least 1s).
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     interval: Duration,
@@ -75,6 +81,11 @@ pub struct UpArgs {
     /// throwaway environments.
     #[arg(long)]
     stop_instances_on_exit: bool,
+    /// File of read-only flag evaluation keys, one per line (`#` comments allowed), for OFREP
+    /// (`Authorization: Bearer KEY` or `X-API-Key: KEY`). Without it, flag evaluation is open
+    /// to anyone who can reach --listen, as flagd's is. The admin token is never one of them.
+    #[arg(long)]
+    flags_keys_file: Option<PathBuf>,
 }
 
 /// How long calls in flight may take to finish once the controller is stopping.
@@ -109,6 +120,28 @@ fn auth(args: &UpArgs) -> Result<Option<Auth>> {
         }));
     }
     Ok(None)
+}
+
+fn evaluation_keys(args: &UpArgs, admin_token: &str) -> Result<gauntlet_api::EvaluationKeys> {
+    let Some(f) = &args.flags_keys_file else {
+        return Ok(gauntlet_api::EvaluationKeys::default());
+    };
+    let text = std::fs::read_to_string(f)
+        .with_context(|| format!("reading the flag evaluation keys {}", f.display()))?;
+    let keys = gauntlet_api::EvaluationKeys::parse(&text);
+    if keys.is_empty() {
+        bail!(
+            "{} holds no key: put one evaluation key per line, or leave out --flags-keys-file to serve flags without keys",
+            f.display()
+        );
+    }
+    if keys.contains(admin_token) {
+        bail!(
+            "{} holds the admin token; evaluation keys must be separate from it (they are given to applications)",
+            f.display()
+        );
+    }
+    Ok(keys)
 }
 
 fn webhook_secret(args: &UpArgs) -> Result<Option<Vec<u8>>> {
@@ -182,6 +215,7 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
     let auth = auth(&args)?;
     let webhook_secret = webhook_secret(&args)?;
     let token = paths::ensure_state_dir(&state_dir)?;
+    let evaluation_keys = evaluation_keys(&args, &token)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (use --listen)", args.listen))?;
@@ -190,6 +224,15 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
     let runtime = LocalRuntime::open(&state_dir)
         .await
         .context("opening the local runtime")?;
+    let (dataplane, proxy_process) =
+        Dataplane::start(&state_dir, args.proxy_admin, token.clone(), store.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot run the proxy (its admin API on {}; use --proxy-admin)",
+                    args.proxy_admin
+                )
+            })?;
     let repo = repo_url(&args.repo);
     let repo_shown = redact_url(&repo);
     let source = SourceConfig {
@@ -204,6 +247,7 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
             source,
             interval: args.interval,
             allow_empty: args.allow_empty,
+            proxy: Some(ProxyLink::new(token.clone(), proxy_process)),
         },
         runtime.clone(),
         store.clone(),
@@ -215,6 +259,7 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
             token,
             webhook_secret: webhook_secret.clone(),
             shutdown: shutdown_tx.clone(),
+            evaluation_keys: evaluation_keys.clone(),
         },
     );
     paths::write_controller_info(
@@ -245,6 +290,17 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
         }
     );
 
+    if evaluation_keys.is_empty() {
+        tracing::warn!(
+            "flag evaluation (OFREP, http://{local}/ofrep/v1/) is open: no --flags-keys-file, so anyone who can reach this address can evaluate flags, as with flagd"
+        );
+    } else {
+        tracing::info!(
+            "flag evaluation (OFREP, http://{local}/ofrep/v1/) needs one of {} evaluation keys",
+            evaluation_keys.len()
+        );
+    }
+
     let mut stopping = shutdown_tx.subscribe();
     let mut server = tokio::spawn(
         axum::serve(listener, api)
@@ -253,6 +309,7 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
             })
             .into_future(),
     );
+    let supervisor = tokio::spawn(dataplane.clone().supervise());
     let mut run = Box::pin(controller.clone().run());
     let on_signal = if args.stop_instances_on_exit {
         Shutdown::Everything
@@ -307,7 +364,10 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
     // The server also ends when a `down` call asked for it, and may win the race above: what
     // the call asked for is in the channel.
     let what = (*shutdown_tx.borrow()).unwrap_or(what);
+    supervisor.abort();
+    let _ = supervisor.await;
     if what == Shutdown::Everything {
+        dataplane.stop().await;
         stop_all(&runtime).await;
     }
     runtime.shutdown().await;
@@ -316,8 +376,8 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
         "",
         "stop",
         match what {
-            Shutdown::Everything => "controller stopped with every instance",
-            Shutdown::Controller => "controller stopped; instances keep running",
+            Shutdown::Everything => "controller stopped with the proxy and every instance",
+            Shutdown::Controller => "controller stopped; the proxy and instances keep running",
         },
     )]);
     let _ = std::fs::remove_file(state_dir.join("controller.json"));

@@ -323,6 +323,7 @@ fn stopping_the_controller_with_its_instances_leaves_no_process() {
         }
         let app = ctl.wait_healthy("web", 2);
         assert_eq!(ctl.processes(), instance_pids(&app));
+        let proxy = ctl.proxy_pid().expect("the controller runs a proxy");
         let status = ctl
             .shutdown(true)
             .unwrap_or_else(|| panic!("round {round}: the controller still runs after 30 s"));
@@ -336,6 +337,10 @@ fn stopping_the_controller_with_its_instances_leaves_no_process() {
             left.is_empty(),
             "round {round}: processes {left:?} outlived a shutdown with stopInstances\n{}",
             ctl.log_tail()
+        );
+        assert!(
+            !alive(u64::from(proxy)),
+            "round {round}: the proxy {proxy} outlived a shutdown with stopInstances"
         );
     }
 }

@@ -59,7 +59,7 @@ fn schema_is_json_describing_the_application_kind() {
 fn every_subcommand_has_help() {
     for cmd in [
         "up", "down", "status", "sync", "diff", "history", "logs", "validate", "schema", "demo",
-        "demo-app", "proxy",
+        "demo-app", "proxy", "load", "flags",
     ] {
         let out = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");
@@ -157,7 +157,7 @@ fn demo_runs_every_stage_and_exits_zero() {
         output()
     );
     let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-    for stage in ["1/5", "2/5", "3/5", "4/5", "5/5", "demo passed"] {
+    for stage in ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6", "demo passed"] {
         assert!(text.contains(stage), "{stage} missing:\n{}", output());
     }
 }

@@ -252,39 +252,6 @@ fn put_config_routes_requests_to_the_configured_revision_and_reloads() {
 }
 
 #[test]
-fn weighted_split_of_90_10_holds_within_four_sigma_over_2000_requests() {
-    let (_v1, v1_port) = demo_app("v1");
-    let (_v2, v2_port) = demo_app("v2");
-    let proxy = ProxyProcess::start(&[]);
-    let listen = free_port();
-    let config = json!({"version": 1, "apps": [app("web", listen, &[
-        ("v1", 9000, &[v1_port]), ("v2", 1000, &[v2_port])])]});
-    assert_eq!(proxy.put_config(&config).0, 200);
-
-    let client = http();
-    let n = 2000u32;
-    let mut v2 = 0u32;
-    for _ in 0..n {
-        let (status, body) = get(&client, listen, &[]);
-        assert_eq!(status, 200);
-        match body.as_str() {
-            "v1" => {}
-            "v2" => v2 += 1,
-            other => panic!("unexpected answer {other:?}"),
-        }
-    }
-    let (p, n) = (0.1, f64::from(n));
-    let sigma = (n * p * (1.0 - p)).sqrt();
-    let deviation = (f64::from(v2) - n * p).abs();
-    assert!(
-        deviation <= 4.0 * sigma,
-        "{v2} of {n} requests went to v2; expected {} ± {:.0}",
-        n * p,
-        4.0 * sigma
-    );
-}
-
-#[test]
 fn header_match_pins_requests_to_a_revision_without_weight() {
     let (_v1, v1_port) = demo_app("v1");
     let (_v2, v2_port) = demo_app("v2");
@@ -782,4 +749,197 @@ fn websocket_upgrade_is_passed_through_and_bytes_flow_both_ways() {
         upstream_head.contains(&"sec-websocket-key: dghlihnhbxbszsbub25jzq==".to_string()),
         "{upstream_head:?}"
     );
+}
+
+#[test]
+fn an_upstream_that_resets_connections_answers_502_and_the_proxy_keeps_serving() {
+    use std::os::fd::AsRawFd;
+    // Accepts each connection and closes it with an RST (SO_LINGER 0) before answering.
+    let resetting = TcpListener::bind("127.0.0.1:0").unwrap();
+    let reset_port = resetting.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in resetting.incoming().take(64) {
+            let Ok(stream) = stream else { continue };
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt on a socket we own, with a correctly sized value.
+            unsafe {
+                libc::setsockopt(
+                    stream.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+            drop(stream);
+        }
+    });
+    let (_v1, v1_port) = demo_app("v1");
+    let proxy = ProxyProcess::start(&[]);
+    let (bad, good) = (free_port(), free_port());
+    let config = json!({"version": 1, "apps": [
+        app("bad", bad, &[("r1", 10000, &[reset_port])]),
+        app("good", good, &[("v1", 10000, &[v1_port])])]});
+    assert_eq!(proxy.put_config(&config).0, 200);
+
+    let client = http();
+    for _ in 0..5 {
+        assert_eq!(get(&client, bad, &[]).0, 502);
+        assert_eq!(get(&client, good, &[]), (200, "v1".to_string()));
+    }
+    let metrics = proxy.get_admin("/admin/v1/metrics");
+    let bad_metrics = metrics["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["app"] == "bad")
+        .unwrap()["metrics"]
+        .clone();
+    assert_eq!(bad_metrics["requests"], 5, "{metrics}");
+    // Each is a failure for the revision: a 5xx answer, or a connection error once passive
+    // health has ejected the endpoint.
+    let failures = bad_metrics["responses"][4].as_u64().unwrap()
+        + bad_metrics["connectErrors"].as_u64().unwrap()
+        + bad_metrics["timeouts"].as_u64().unwrap();
+    assert_eq!(failures, 5, "{metrics}");
+}
+
+/// Sends `n` requests (from 4 threads) through a split giving `v2_weight` (0.01 % units) to
+/// v2 and checks the share v2 got, and what the proxy counted, within four standard deviations.
+fn split_holds_within_four_sigma(v2_weight: u32, n: u32) {
+    let (_v1, v1_port) = demo_app("v1");
+    let (_v2, v2_port) = demo_app("v2");
+    let proxy = ProxyProcess::start(&[]);
+    let listen = free_port();
+    let config = json!({"version": 1, "apps": [app("web", listen, &[
+        ("v1", 10_000 - v2_weight, &[v1_port]), ("v2", v2_weight, &[v2_port])])]});
+    assert_eq!(proxy.put_config(&config).0, 200);
+
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let client = http();
+                let mut v2 = 0u32;
+                for _ in 0..n / 4 {
+                    let (status, body) = get(&client, listen, &[]);
+                    assert_eq!(status, 200);
+                    match body.as_str() {
+                        "v1" => {}
+                        "v2" => v2 += 1,
+                        other => panic!("unexpected answer {other:?}"),
+                    }
+                }
+                v2
+            })
+        })
+        .collect();
+    let v2: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let (p, total) = (f64::from(v2_weight) / 10_000.0, f64::from(n / 4 * 4));
+    let sigma = (total * p * (1.0 - p)).sqrt();
+    let deviation = (f64::from(v2) - total * p).abs();
+    assert!(
+        deviation <= 4.0 * sigma,
+        "{v2} of {total} requests went to v2; expected {} ± {:.0}",
+        total * p,
+        4.0 * sigma
+    );
+    // The proxy counted the same split.
+    let metrics = proxy.get_admin("/admin/v1/metrics");
+    let counted: Vec<u64> = metrics["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["metrics"]["requests"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counted, vec![total as u64 - u64::from(v2), u64::from(v2)]);
+}
+
+#[test]
+fn weighted_split_of_90_10_holds_within_four_sigma_over_2000_requests() {
+    split_holds_within_four_sigma(1_000, 2_000);
+}
+
+#[test]
+fn a_5_percent_split_holds_within_four_sigma_over_20000_requests() {
+    split_holds_within_four_sigma(500, 20_000);
+}
+
+#[test]
+fn cookie_and_regex_header_matches_pin_requests_in_rule_order() {
+    let (_v1, v1_port) = demo_app("v1");
+    let (_v2, v2_port) = demo_app("v2");
+    let proxy = ProxyProcess::start(&[]);
+    let listen = free_port();
+    let mut web = app(
+        "web",
+        listen,
+        &[("v1", 10000, &[v1_port]), ("v2", 0, &[v2_port])],
+    );
+    web["matches"] = json!([
+        {"on": {"cookie": "beta"}, "match": "exact", "value": "no", "revision": "v1"},
+        {"on": {"cookie": "beta"}, "match": "prefix", "value": "y", "revision": "v2"},
+        {"on": {"header": "user-agent"}, "match": "regex", "value": "^canary-[0-9]+$", "revision": "v2"}
+    ]);
+    let (status, body) = proxy.put_config(&json!({"version": 1, "apps": [web]}));
+    assert_eq!(status, 200, "{body}");
+
+    let client = http();
+    for _ in 0..20 {
+        assert_eq!(get(&client, listen, &[("Cookie", "a=1; beta=yes")]).1, "v2");
+        assert_eq!(get(&client, listen, &[("Cookie", "beta=no")]).1, "v1");
+        // The first matching rule wins: the cookie pins to v1 before the header could pin v2.
+        assert_eq!(
+            get(
+                &client,
+                listen,
+                &[("Cookie", "beta=no"), ("User-Agent", "canary-7")]
+            )
+            .1,
+            "v1"
+        );
+        assert_eq!(get(&client, listen, &[("User-Agent", "canary-42")]).1, "v2");
+        assert_eq!(get(&client, listen, &[("User-Agent", "canary-x")]).1, "v1");
+        assert_eq!(get(&client, listen, &[]).1, "v1");
+    }
+}
+
+#[test]
+fn a_fault_ends_at_its_expiry_without_a_new_configuration() {
+    let (_v1, v1_port) = demo_app("v1");
+    let proxy = ProxyProcess::start(&[]);
+    let listen = free_port();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut web = app("web", listen, &[("v1", 10000, &[v1_port])]);
+    web["faults"] = json!([{"revision": "v1", "kind": {"abort": {"status": 503}},
+                            "percent": 10000, "expiresAtMs": now_ms + 3_000}]);
+    assert_eq!(
+        proxy.put_config(&json!({"version": 1, "apps": [web]})).0,
+        200
+    );
+    let client = http();
+    // Aborted while the lease runs, then served again: nothing but the clock changed.
+    let mut aborted = 0;
+    wait_until("the fault's lease to run out", || {
+        let (status, body) = get(&client, listen, &[]);
+        match status {
+            503 => {
+                aborted += 1;
+                std::thread::sleep(Duration::from_millis(50));
+                None
+            }
+            200 => Some(body),
+            other => panic!("unexpected status {other}"),
+        }
+    });
+    assert!(aborted > 0, "the fault never fired");
+    for _ in 0..20 {
+        assert_eq!(get(&client, listen, &[]), (200, "v1".to_string()));
+    }
+    assert_eq!(proxy.get_admin("/admin/v1/config")["version"], 1);
 }

@@ -8,33 +8,67 @@
 //! - the **reconcile loop** plans against the runtime's instances twice a second (and at once
 //!   when the desired state changes), executes the actions and records them in the audit log.
 //!
+//! Feature flags need no reconciling: when a commit is applied, its merged flags replace the
+//! served ones in one swap of an `Arc` ([`Controller::flags`]), so an evaluation sees one
+//! commit's flags, never a mixture, and no instance restarts for a flag change.
+//!
 //! What must survive a crash is written before it is acted on: an applied commit together with
 //! its `apply` record (one transaction), a rejection with its `reject` record, and each pass's
 //! health changes and action records before the actions run. So a restarted controller knows
 //! what to run before the Git server answers, never prunes because a server is down, and has a
 //! record of everything it did. Store writes and parsing run off the async threads.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use gauntlet_proxy::config::AppRoute;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use gauntlet_runtime::{InstanceId, Runtime, RuntimeEvent};
 use gauntlet_source::{GitSource, SourceConfig};
-use gauntlet_spec::{DesiredState, Parser, SourceFile};
+use gauntlet_spec::{DeclaredFlags, DesiredState, Parser, SourceFile};
 use gauntlet_store::{now_ms, Actor, AuditRecord, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
 use crate::foreign;
+use crate::live::{self, Readings};
 use crate::plan::{plan, Action, Cause, Health, Plan, SyncStatus};
-use crate::status::{AppStatus, Change, CommitInfo, Diff, Rejected, SourceStatus, Status};
+use crate::proxy_link::{LinkError, ProxyLink};
+use crate::status::{
+    AppStatus, Change, CommitInfo, Diff, Rejected, SourceStatus, Status, TrafficShare,
+};
+use crate::traffic;
 
 const SNAPSHOT_KEY: &str = "source.snapshot";
 const REJECTED_KEY: &str = "source.rejected";
 const RECONCILE_PERIOD: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const CONFLICT_CHECK_EVERY: u32 = 10;
+/// How long an instance being stopped may keep requests in flight at the proxy before it is
+/// stopped anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The flags being served: one applied commit's, replaced whole when another is applied.
+#[derive(Debug, Clone, Default)]
+pub struct ServedFlags {
+    pub flags: Arc<gauntlet_flags::Flags>,
+    /// [`DeclaredFlags::digest`]: equal digests serve equal flags.
+    pub digest: String,
+    /// The commit they come from; empty before the first commit is known.
+    pub commit: String,
+}
+
+impl ServedFlags {
+    fn of(declared: &DeclaredFlags, commit: &str) -> Self {
+        ServedFlags {
+            flags: declared.flags.clone(),
+            digest: declared.digest.clone(),
+            commit: commit.to_string(),
+        }
+    }
+}
 
 /// How the controller is set up.
 #[derive(Debug, Clone)]
@@ -46,6 +80,8 @@ pub struct ControllerConfig {
     /// all). Off by default, as Argo CD's `allowEmpty`: an emptied tree is more often a
     /// mistake (a wrong path, a bad force-push) than a wish to stop everything.
     pub allow_empty: bool,
+    /// The proxy serving the applications' `service.listen` addresses, if one runs.
+    pub proxy: Option<ProxyLink>,
 }
 
 /// Which source a stored commit came from: a restart with another `--repo`, `--branch` or
@@ -128,8 +164,17 @@ struct Inner<R> {
     reconcile_started: AtomicU64,
     reconciled: watch::Sender<u64>,
     stopping: Mutex<HashSet<InstanceId>>,
+    proxy: Option<ProxyLink>,
+    /// Serialises pushes to the proxy with their audit records.
+    traffic: tokio::sync::Mutex<()>,
+    /// The proxy's counters over the last window.
+    live: Mutex<Readings>,
     /// Remembers parsed files, so a commit re-reads only the files it changed.
     parser: Mutex<Parser>,
+    /// The flags OFREP serves; readers clone the `Arc` and evaluate without holding the lock.
+    flags: RwLock<Arc<ServedFlags>>,
+    /// Bumped each time the served flags change, for clients that wait for changes.
+    flags_changed: watch::Sender<u64>,
 }
 
 /// A handle to the controller; cheap to clone.
@@ -159,6 +204,7 @@ impl<R: Runtime + Clone> Controller<R> {
         };
         let identity = SourceIdentity::of(&config.source);
         let mut parser = Parser::default();
+        let mut flags = ServedFlags::default();
         match store.get::<StoredSnapshot>(SNAPSHOT_KEY) {
             Ok(Some(snap)) if snap.source != identity => {
                 tracing::warn!(
@@ -171,6 +217,7 @@ impl<R: Runtime + Clone> Controller<R> {
                 let files = to_source_files(&snap.files);
                 match parser.parse(&files) {
                     Ok(desired) => {
+                        flags = ServedFlags::of(&desired.flags, &snap.commit.sha);
                         state.desired = Some(Arc::new(desired));
                         state.seen_head = Some(snap.commit.sha.clone());
                         state.source.applied = Some(snap.commit);
@@ -211,7 +258,12 @@ impl<R: Runtime + Clone> Controller<R> {
                 reconcile_started: AtomicU64::new(0),
                 reconciled: watch::channel(0).0,
                 stopping: Mutex::new(HashSet::new()),
+                proxy: config.proxy,
+                traffic: tokio::sync::Mutex::new(()),
+                live: Mutex::new(Readings::default()),
                 parser: Mutex::new(parser),
+                flags: RwLock::new(Arc::new(flags)),
+                flags_changed: watch::channel(0).0,
             }),
         }
     }
@@ -224,11 +276,27 @@ impl<R: Runtime + Clone> Controller<R> {
         &self.inner.runtime
     }
 
+    /// The flags being served now: all of one applied commit's. Cheap (an `Arc` clone); hold
+    /// it for the whole of a request so the request sees one commit.
+    pub fn flags(&self) -> Arc<ServedFlags> {
+        read(&self.inner.flags).clone()
+    }
+
+    /// Changes each time the served flags change (a new commit with other flags).
+    pub fn flags_changed(&self) -> watch::Receiver<u64> {
+        self.inner.flags_changed.subscribe()
+    }
+
     /// Runs both loops until the returned future is dropped.
     pub async fn run(self) {
         let source = self.clone();
         let reconcile = self.clone();
-        tokio::join!(source.source_loop(), reconcile.reconcile_loop());
+        let metrics = self.clone();
+        tokio::join!(
+            source.source_loop(),
+            reconcile.reconcile_loop(),
+            metrics.metrics_loop()
+        );
     }
 
     /// Asks for an immediate fetch (webhook); returns at once.
@@ -259,9 +327,29 @@ impl<R: Runtime + Clone> Controller<R> {
     /// Everything the controller reports.
     pub fn status(&self) -> Status {
         let state = read(&self.inner.state);
+        let mut apps = state.apps.clone();
+        drop(state);
+        let proxy = self.inner.proxy.as_ref().map(|link| {
+            let served = link.served_routes();
+            for app in &mut apps {
+                if let Some(route) = served.iter().find(|r| r.name == app.name) {
+                    let live = lock(&self.inner.live);
+                    app.traffic = route
+                        .revisions
+                        .iter()
+                        .map(|r| TrafficShare {
+                            live: live.rates(&app.name, &r.name),
+                            ..TrafficShare::of(r)
+                        })
+                        .collect();
+                }
+            }
+            link.status()
+        });
         Status {
-            source: state.source.clone(),
-            apps: state.apps.clone(),
+            source: read(&self.inner.state).source.clone(),
+            apps,
+            proxy,
         }
     }
 
@@ -370,6 +458,22 @@ impl<R: Runtime + Clone> Controller<R> {
         }
 
         let count = desired.applications.len();
+        let flag_count = desired.flags.flags.len();
+        let served = self.flags();
+        let flags_differ = served.digest != desired.flags.digest;
+        let first_and_none = served.flags.is_empty() && flag_count == 0;
+        let flags_record = (flags_differ && !first_and_none).then(|| {
+            AuditRecord::now(
+                Actor::Commit(commit.sha.clone()),
+                "",
+                "flags",
+                format!("serving {flag_count} flags"),
+            )
+            .change(
+                short_digest(&served.digest),
+                short_digest(&desired.flags.digest),
+            )
+        });
         let before = read(&self.inner.state)
             .source
             .applied
@@ -385,9 +489,13 @@ impl<R: Runtime + Clone> Controller<R> {
             Actor::Commit(commit.sha.clone()),
             "",
             "apply",
-            format!("{} ({count} applications)", commit.message),
+            format!(
+                "{} ({count} applications, {flag_count} flags)",
+                commit.message
+            ),
         )
         .change(before, commit.sha.clone());
+        let records: Vec<AuditRecord> = std::iter::once(record).chain(flags_record).collect();
         // The commit and its record are persisted together, before anything acts on it: after
         // a crash the controller resumes from exactly this commit.
         let store = self.inner.store.clone();
@@ -397,7 +505,7 @@ impl<R: Runtime + Clone> Controller<R> {
             // Applying a commit also clears the stored rejection of an older one.
             store.commit(
                 &[(SNAPSHOT_KEY, json.as_str()), (REJECTED_KEY, "null")],
-                vec![record],
+                records,
             )
         })
         .await;
@@ -407,8 +515,13 @@ impl<R: Runtime + Clone> Controller<R> {
                 .source_failed(format!("cannot record commit {}: {e}", commit.sha))
                 .await;
         }
-        tracing::info!(commit = %commit.sha, "applying {count} applications");
+        tracing::info!(commit = %commit.sha, "applying {count} applications, {flag_count} flags");
         {
+            // Flags first: they need no reconcile, and are served from this instant on.
+            if flags_differ || served.commit.is_empty() {
+                *write(&self.inner.flags) = Arc::new(ServedFlags::of(&desired.flags, &commit.sha));
+                self.inner.flags_changed.send_modify(|n| *n += 1);
+            }
             let mut state = write(&self.inner.state);
             state.desired = Some(Arc::new(desired));
             state.seen_head = Some(commit.sha.clone());
@@ -539,6 +652,15 @@ impl<R: Runtime + Clone> Controller<R> {
             return;
         }
 
+        // Instances that became ready take traffic before anything this pass stops drains:
+        // start new, ready, shift traffic, drain old, stop old.
+        if planned
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Stop { .. }))
+        {
+            self.push_traffic().await;
+        }
         let mut records = Vec::new();
         let mut errors: BTreeMap<String, String> = BTreeMap::new();
         for action in &planned.actions {
@@ -564,7 +686,13 @@ impl<R: Runtime + Clone> Controller<R> {
         let conflicts = if check_conflicts {
             let d = desired.clone();
             let o = observed.clone();
-            tokio::task::spawn_blocking(move || find_conflicts(&d, &o))
+            let proxy_pid = self
+                .inner
+                .proxy
+                .as_ref()
+                .and_then(|l| l.process())
+                .map(|p| p.pid);
+            tokio::task::spawn_blocking(move || find_conflicts(&d, &o, proxy_pid))
                 .await
                 .ok()
         } else {
@@ -596,6 +724,69 @@ impl<R: Runtime + Clone> Controller<R> {
             records.extend(state.refresh(&desired, &planned, &observed, &commit));
         }
         let _ = self.audit(records).await;
+        self.push_traffic().await;
+    }
+
+    /// Reads the proxy's counters every [`live::READ_EVERY`] into the live window.
+    async fn metrics_loop(self) {
+        let Some(link) = self.inner.proxy.clone() else {
+            return;
+        };
+        let mut ticks = tokio::time::interval(live::READ_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match link.metrics().await {
+                Ok(reading) => lock(&self.inner.live).record(now_ms(), &reading),
+                Err(e) => tracing::debug!("cannot read the proxy's metrics: {e}"),
+            }
+        }
+    }
+
+    /// Pushes the routes of the current desired state and instances to the proxy (nothing
+    /// when they are unchanged) and records each application whose traffic changed. Returns
+    /// the version the proxy serves, if it answered. Pushes and their records are serialised,
+    /// so a change is in the audit log before anything that waited on it.
+    async fn push_traffic(&self) -> Option<u64> {
+        let link = self.inner.proxy.as_ref()?;
+        let _serialised = self.inner.traffic.lock().await;
+        let (version, records) = self.push_routes(link).await;
+        let _ = self.audit(records).await;
+        version
+    }
+
+    async fn push_routes(&self, link: &ProxyLink) -> (Option<u64>, Vec<AuditRecord>) {
+        let (desired, conflicts) = {
+            let state = read(&self.inner.state);
+            let conflicts: BTreeSet<String> = state.conflicts.keys().cloned().collect();
+            (state.desired.clone(), conflicts)
+        };
+        let Some(desired) = desired else {
+            return (None, Vec::new());
+        };
+        // Each refused bind leaves that application out; there are at most as many as apps.
+        for _ in 0..=desired.applications.len().min(16) {
+            let mut excluded = conflicts.clone();
+            excluded.extend(link.unbindable());
+            let routes = traffic::routes(&desired, &self.observed(), &excluded);
+            match link.push(routes.clone()).await {
+                Ok(pushed) => {
+                    let records = pushed
+                        .previous
+                        .map(|before| traffic_records(&before, &routes, pushed.version))
+                        .unwrap_or_default();
+                    return (Some(pushed.version), records);
+                }
+                Err(LinkError::Bind { app, reason }) => {
+                    tracing::warn!("leaving app `{app}` out of the proxy: {reason}");
+                }
+                Err(e) => {
+                    tracing::debug!("cannot configure the proxy: {e}");
+                    return (None, Vec::new());
+                }
+            }
+        }
+        (None, Vec::new())
     }
 
     /// The runtime's instances, with those being stopped shown as stopping.
@@ -610,18 +801,65 @@ impl<R: Runtime + Clone> Controller<R> {
         all
     }
 
+    /// Stops an instance: first its proxy endpoint drains (no new requests, in-flight ones
+    /// finish, up to [`DRAIN_TIMEOUT`]), then the runtime stops its process.
     fn stop_in_background(&self, id: InstanceId) {
         if !lock(&self.inner.stopping).insert(id.clone()) {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
+            this.drain(&id).await;
             if let Err(e) = this.inner.runtime.stop(&id).await {
                 tracing::error!("cannot stop {id}: {e}");
             }
             lock(&this.inner.stopping).remove(&id);
             this.inner.reconcile_now.notify_one();
         });
+    }
+
+    /// Marks the instance's endpoint draining at the proxy and waits until nothing is in
+    /// flight on it. Instances of applications without a `service.listen` return at once.
+    async fn drain(&self, id: &InstanceId) {
+        let Some(link) = &self.inner.proxy else {
+            return;
+        };
+        let Some(inst) = self
+            .inner
+            .runtime
+            .instances()
+            .into_iter()
+            .find(|i| &i.id == id)
+        else {
+            return;
+        };
+        let served = link.served_routes().iter().any(|r| r.name == inst.app);
+        if !served {
+            return;
+        }
+        let Some(version) = self.push_traffic().await else {
+            return;
+        };
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, inst.port));
+        let started = std::time::Instant::now();
+        let (action, reason) = match link.wait_drained(addr, version, DRAIN_TIMEOUT).await {
+            Ok(()) => (
+                "drained",
+                format!(
+                    "{id} drained at the proxy in {} ms",
+                    started.elapsed().as_millis()
+                ),
+            ),
+            Err(e) => ("drain-timeout", format!("{id}: {e}; stopping it anyway")),
+        };
+        let _ = self
+            .audit(vec![AuditRecord::now(
+                Actor::Controller,
+                &inst.app,
+                action,
+                reason,
+            )])
+            .await;
     }
 
     /// Appends to the audit log off the async threads (each write is an fsync'd commit).
@@ -727,6 +965,7 @@ fn app_statuses(
             health,
             service: app.value.spec.service.as_ref().map(|s| s.listen.clone()),
             warnings,
+            traffic: Vec::new(),
             instances: instances_of(name),
         });
     }
@@ -746,6 +985,7 @@ fn app_statuses(
             )),
             service: None,
             warnings: Vec::new(),
+            traffic: Vec::new(),
             instances,
         });
     }
@@ -757,8 +997,10 @@ fn app_statuses(
 fn find_conflicts(
     desired: &DesiredState,
     observed: &[gauntlet_runtime::Instance],
+    proxy_pid: Option<u32>,
 ) -> BTreeMap<String, String> {
-    let ours: HashSet<u32> = observed.iter().filter_map(|i| i.pid).collect();
+    let mut ours: HashSet<u32> = observed.iter().filter_map(|i| i.pid).collect();
+    ours.extend(proxy_pid);
     let mut out = BTreeMap::new();
     for (name, app) in &desired.applications {
         let Some(service) = &app.value.spec.service else {
@@ -783,6 +1025,46 @@ fn find_conflicts(
         }
     }
     out
+}
+
+/// One `traffic` record per application whose routes changed between `before` and `after`.
+fn traffic_records(before: &[AppRoute], after: &[AppRoute], version: u64) -> Vec<AuditRecord> {
+    let describe = |route: Option<&AppRoute>| -> String {
+        let Some(route) = route else {
+            return "not served".into();
+        };
+        route
+            .revisions
+            .iter()
+            .map(|r| TrafficShare::of(r).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let names: BTreeSet<&str> = before
+        .iter()
+        .chain(after)
+        .map(|r| r.name.as_str())
+        .collect();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let old = before.iter().find(|r| r.name == name);
+            let new = after.iter().find(|r| r.name == name);
+            if old == new {
+                return None;
+            }
+            let (old, new) = (describe(old), describe(new));
+            Some(
+                AuditRecord::now(
+                    Actor::Controller,
+                    name,
+                    "traffic",
+                    format!("proxy configuration {version}: {new}"),
+                )
+                .change(old, new),
+            )
+        })
+        .collect()
 }
 
 fn summarize(planned: &Plan) -> Vec<Change> {
@@ -872,6 +1154,11 @@ fn describe(h: &Health) -> String {
         Health::Healthy => "all instances ready".to_string(),
         Health::Progressing(r) | Health::Degraded(r) => r.clone(),
     }
+}
+
+/// The first 12 hex digits of a flags digest, for the audit log; empty for no flags yet.
+fn short_digest(digest: &str) -> String {
+    digest[..digest.len().min(12)].to_string()
 }
 
 fn backoff(interval: Duration, failures: u32) -> Duration {

@@ -10,9 +10,12 @@
 
 pub mod controller;
 pub mod foreign;
+pub mod live;
 pub mod plan;
+pub mod proxy_link;
 pub mod status;
+pub mod traffic;
 
-pub use controller::{Controller, ControllerConfig};
+pub use controller::{Controller, ControllerConfig, ServedFlags};
 pub use plan::{plan, Action, AppPlan, Cause, Health, Plan, SyncStatus};
 pub use status::{AppStatus, Change, CommitInfo, Diff, Rejected, SourceStatus, Status};

@@ -48,7 +48,7 @@ pub struct SourceStatus {
 }
 
 /// One application, as `gauntlet status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppStatus {
     pub name: String,
@@ -66,15 +66,69 @@ pub struct AppStatus {
     /// process Gauntlet did not start).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// How the proxy splits the application's traffic now, per revision (empty when the
+    /// application has no `service.listen` or nothing serves it yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<TrafficShare>,
     pub instances: Vec<Instance>,
 }
 
+/// One revision's share of an application's traffic at the proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficShare {
+    pub revision: String,
+    /// In units of 0.01 % (10,000 is all of it).
+    pub weight: u32,
+    /// Endpoints taking new requests.
+    pub endpoints: usize,
+    /// Endpoints finishing their requests before their instance stops.
+    pub draining: usize,
+    /// Requests per second, error rate and latency over the last 10 s, from the proxy's
+    /// counters (read four times a second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<crate::live::RevisionRates>,
+}
+
+impl TrafficShare {
+    pub fn of(route: &gauntlet_proxy::config::RevisionRoute) -> TrafficShare {
+        let draining = route.endpoints.iter().filter(|e| e.draining).count();
+        TrafficShare {
+            revision: route.name.clone(),
+            weight: route.weight,
+            endpoints: route.endpoints.len() - draining,
+            draining,
+            live: None,
+        }
+    }
+}
+
+impl std::fmt::Display for TrafficShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let short = &self.revision[..self.revision.len().min(8)];
+        write!(
+            f,
+            "{short} {}.{:02}% ({} serving",
+            self.weight / 100,
+            self.weight % 100,
+            self.endpoints
+        )?;
+        if self.draining > 0 {
+            write!(f, ", {} draining", self.draining)?;
+        }
+        f.write_str(")")
+    }
+}
+
 /// The whole controller.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub source: SourceStatus,
     pub apps: Vec<AppStatus>,
+    /// The proxy serving `service.listen` addresses, when the controller runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<crate::proxy_link::ProxyStatus>,
 }
 
 /// What applying the remote head would change, as `gauntlet diff` shows it.

@@ -8,23 +8,25 @@
 use std::fmt;
 
 use crate::diagnostic::Diagnostic;
-use crate::model::Application;
+use crate::model::{Application, FeatureFlags};
 use crate::parse::{self, Chunk};
 
 /// A known value of a document's `kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Application,
+    FeatureFlags,
 }
 
 impl Kind {
     /// Every kind, in the order they are listed to users.
-    pub const ALL: &'static [Kind] = &[Kind::Application];
+    pub const ALL: &'static [Kind] = &[Kind::Application, Kind::FeatureFlags];
 
     /// The spelling used in manifests.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Application => "Application",
+            Kind::FeatureFlags => "FeatureFlags",
         }
     }
 
@@ -37,6 +39,9 @@ impl Kind {
     pub(crate) fn parse(self, file: &str, chunk: &Chunk<'_>) -> Result<Document, Diagnostic> {
         match self {
             Kind::Application => parse::deserialize(file, chunk).map(Document::Application),
+            Kind::FeatureFlags => {
+                parse::deserialize_json_like(file, chunk).map(Document::FeatureFlags)
+            }
         }
     }
 }
@@ -48,9 +53,13 @@ impl fmt::Display for Kind {
 }
 
 /// One parsed document, whatever its kind.
+// A document lives only between reading and filing it, one at a time: boxing the larger
+// variant would cost an allocation per document for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Document {
     Application(Application),
+    FeatureFlags(FeatureFlags),
 }
 
 /// The known kinds as a message fragment: `` `Application`, `...` ``.

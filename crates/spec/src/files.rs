@@ -1,5 +1,6 @@
-//! Reading a tree of manifests from disk: every `*.yaml` and `*.yml` under a root, in a
-//! stable order, so that parsing a checkout gives the same result on every machine.
+//! Reading a tree of manifests from disk: every `*.yaml`, `*.yml` and `*.json` under a root (the
+//! files the Git source hands over), in a stable order, so that parsing a checkout gives the
+//! same result on every machine.
 
 use std::fs;
 use std::io;
@@ -7,7 +8,7 @@ use std::path::Path;
 
 use crate::parse::SourceFile;
 
-/// Reads `*.yaml` and `*.yml` files under `root` recursively (skip dot-directories such as
+/// Reads `*.yaml`, `*.yml` and `*.json` files (`*.flagd.json` are flag sets) under `root` recursively (skip dot-directories such as
 /// .git), sorted by path. Paths are relative to `root` and '/'-separated.
 ///
 /// Symbolic links to directories are not followed, so a link cannot make the walk loop. An
@@ -32,7 +33,7 @@ fn walk(dir: &Path, prefix: &str, files: &mut Vec<SourceFile>) -> io::Result<()>
             if !name.starts_with('.') {
                 walk(&path, &format!("{relative}/"), files)?;
             }
-        } else if (name.ends_with(".yaml") || name.ends_with(".yml")) && path.is_file() {
+        } else if is_manifest_name(&name) && path.is_file() {
             let contents = fs::read_to_string(&path).map_err(|e| with_path(e, &path))?;
             files.push(SourceFile {
                 path: relative,
@@ -41,6 +42,14 @@ fn walk(dir: &Path, prefix: &str, files: &mut Vec<SourceFile>) -> io::Result<()>
         }
     }
     Ok(())
+}
+
+/// The same endings as the Git source's, case-insensitive.
+fn is_manifest_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    [".yaml", ".yml", ".json"]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
 }
 
 fn with_path(error: io::Error, path: &Path) -> io::Error {
@@ -52,7 +61,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_yaml_recursively_sorted_skipping_dot_directories() -> io::Result<()> {
+    fn reads_yaml_and_json_recursively_sorted_skipping_dot_directories() -> io::Result<()> {
         let root = tempfile::tempdir()?;
         let write = |path: &str| -> io::Result<()> {
             let full = root.path().join(path);
@@ -67,14 +76,17 @@ mod tests {
             "apps/a.yaml",
             "README.md",
             ".git/x.yaml",
-            "a.json",
+            "a.flagd.json",
         ] {
             write(path)?;
         }
         let files = read_dir(root.path())?;
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(paths, ["apps/a.yaml", "apps/z.yml", "b.yaml"]);
-        assert_eq!(files[0].contents, "apps/a.yaml");
+        assert_eq!(
+            paths,
+            ["a.flagd.json", "apps/a.yaml", "apps/z.yml", "b.yaml"]
+        );
+        assert_eq!(files[1].contents, "apps/a.yaml");
         Ok(())
     }
 

@@ -3,10 +3,14 @@
 //!
 //! The pieces, in the order a tree goes through them:
 //!
-//! - [`read_dir`] (`files.rs`) collects the YAML files of a checkout as [`SourceFile`]s.
+//! - [`read_dir`] (`files.rs`) collects the YAML and JSON files of a checkout as
+//!   [`SourceFile`]s.
 //! - [`parse`] (`parse.rs`) cuts each file into documents, reads each one's `apiVersion` and
 //!   `kind`, and hands it to its [`Kind`] (`document.rs`) to be read strictly as a
 //!   [`model`] type. Errors carry file, line, column and field path ([`Diagnostic`]).
+//! - `flags.rs` reads `kind: FeatureFlags` documents and `*.flagd.json` files as flagd flag
+//!   sets (checked by `gauntlet-flags`, problems placed at their line), and merges the sets of
+//!   a tree into one store; a flag key defined twice is an error naming both places.
 //! - `validate.rs` checks what types cannot say: names, digests, addresses, probes, unique
 //!   names and listen addresses, and an acyclic `dependsOn` graph. Any problem rejects the whole
 //!   tree, so a half-valid commit is never applied.
@@ -31,6 +35,7 @@ mod diagnostic;
 mod document;
 mod fields;
 mod files;
+mod flags;
 pub mod model;
 mod parse;
 mod revision;
@@ -41,6 +46,7 @@ mod validate;
 pub use diagnostic::{Diagnostic, Diagnostics, Located, Origin};
 pub use document::{Document, Kind};
 pub use files::read_dir;
+pub use flags::DeclaredFlags;
 pub use model::*;
 pub use parse::{parse, Parser, SourceFile};
 pub use schema::schema;

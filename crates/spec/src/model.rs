@@ -194,4 +194,48 @@ pub struct ExecAction {
 pub struct Service {
     /// `host:port`, for example `127.0.0.1:8080`.
     pub listen: String,
+    /// Serve TLS (HTTP/2 and HTTP/1.1 by ALPN) on `listen` with these PEM files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServiceTls>,
+}
+
+/// A certificate chain (leaf first) and its private key, as PEM files on the host that runs
+/// the proxy. They are kept out of Git on purpose: the manifest names them, the host holds
+/// them. Absolute paths.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceTls {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// `kind: FeatureFlags`: one flag set in flagd's format, served over OFREP.
+///
+/// `spec` is exactly flagd's flag-set schema (<https://flagd.dev/schema/v0/flags.json>),
+/// written as YAML: `flags` by key, optional `$evaluators` and `metadata`. A plain flagd file
+/// named `*.flagd.json` under the configured path is read the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FeatureFlags {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    /// A flagd flag set: `flags`, `$evaluators`, `metadata`.
+    #[schemars(schema_with = "flag_set_schema")]
+    pub spec: serde_json::Value,
+}
+
+fn flag_set_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "A flagd flag set, as in https://flagd.dev/schema/v0/flags.json",
+        "type": "object",
+        "required": ["flags"],
+        "properties": {
+            "flags": {"type": "object", "additionalProperties": {"type": "object"}},
+            "$evaluators": {"type": "object"},
+            "metadata": {"type": "object"},
+            "$schema": {"type": "string"}
+        },
+        "additionalProperties": false
+    })
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crate::diagnostic::{Diagnostic, Diagnostics, Origin};
 use crate::document::{known_kinds, Document, Kind};
 use crate::fields::FieldIndex;
+use crate::flags::{self, DeclaredFlags, FlagDoc};
 use crate::model::API_VERSION;
 use crate::state::{Declared, DesiredState};
 use crate::validate;
@@ -52,12 +53,17 @@ pub fn parse(files: &[SourceFile]) -> Result<DesiredState, Diagnostics> {
 #[derive(Default)]
 pub struct Parser {
     files: HashMap<String, Arc<FileParse>>,
+    /// The flag sets of the last valid tree and what they merged to, reused while no flag
+    /// document changes.
+    flags: Option<(Vec<Arc<FlagDoc>>, DeclaredFlags)>,
 }
 
 /// What one file's text parsed to.
 struct FileParse {
     contents: String,
     applications: Vec<Arc<Parsed>>,
+    /// Flag sets that are valid on their own.
+    flag_sets: Vec<Arc<FlagDoc>>,
     /// Documents that could not be read.
     problems: Vec<Diagnostic>,
     /// Documents that were read but are invalid on their own.
@@ -71,12 +77,14 @@ impl Parser {
         let mut diagnostics = Vec::new();
         let mut invalid = Vec::new();
         let mut applications: Vec<Arc<Parsed>> = Vec::new();
+        let mut flag_sets: Vec<Arc<FlagDoc>> = Vec::new();
         for file in files {
             let parsed = match self.files.get(&file.path) {
                 Some(cached) if cached.contents == file.contents => cached.clone(),
                 _ => Arc::new(parse_file(file)),
             };
             applications.extend(parsed.applications.iter().cloned());
+            flag_sets.extend(parsed.flag_sets.iter().cloned());
             diagnostics.extend(parsed.problems.iter().cloned());
             invalid.extend(parsed.invalid.iter().cloned());
             seen.insert(file.path.clone(), parsed);
@@ -86,22 +94,59 @@ impl Parser {
         let complete = diagnostics.is_empty();
         diagnostics.append(&mut invalid);
         diagnostics.extend(validate::applications(&applications, complete));
+        diagnostics.extend(flags::conflicts(&flag_sets));
         if !diagnostics.is_empty() {
             diagnostics.sort();
             return Err(Diagnostics(diagnostics));
         }
+        let flags = self.flags(flag_sets).map_err(|mut d| {
+            d.sort();
+            Diagnostics(d)
+        })?;
         let applications = applications
             .iter()
             .map(|parsed| (parsed.app.value.name().to_string(), parsed.app.clone()))
             .collect();
-        Ok(DesiredState { applications })
+        Ok(DesiredState {
+            applications,
+            flags,
+        })
+    }
+
+    /// The merged flags of a valid tree: the last ones again if the same flag documents
+    /// declare them, so a commit that changes no flag compiles none.
+    fn flags(&mut self, sets: Vec<Arc<FlagDoc>>) -> Result<DeclaredFlags, Vec<Diagnostic>> {
+        if let Some((last, merged)) = &self.flags {
+            let same =
+                last.len() == sets.len() && last.iter().zip(&sets).all(|(a, b)| Arc::ptr_eq(a, b));
+            if same {
+                return Ok(merged.clone());
+            }
+        }
+        let merged = flags::merge(&sets)?;
+        self.flags = Some((sets, merged.clone()));
+        Ok(merged)
     }
 }
 
 fn parse_file(file: &SourceFile) -> FileParse {
     let mut applications = Vec::new();
+    let mut flag_sets = Vec::new();
     let mut problems = Vec::new();
     let mut invalid = Vec::new();
+    if flags::is_flagd_file(&file.path) {
+        match flags::from_json_file(file) {
+            Ok(set) => flag_sets.push(set),
+            Err(mut found) => invalid.append(&mut found),
+        }
+        return FileParse {
+            contents: file.contents.clone(),
+            applications,
+            flag_sets,
+            problems,
+            invalid,
+        };
+    }
     for chunk in split_documents(&file.contents) {
         match read_document(&file.path, &chunk) {
             Ok(Some(Document::Application(app))) => {
@@ -119,6 +164,13 @@ fn parse_file(file: &SourceFile) -> FileParse {
                 invalid.extend(validate::document(&parsed));
                 applications.push(Arc::new(parsed));
             }
+            Ok(Some(Document::FeatureFlags(doc))) => {
+                let (set, mut found) = flags::from_document(&file.path, &chunk, doc);
+                if found.is_empty() {
+                    flag_sets.push(set);
+                }
+                invalid.append(&mut found);
+            }
             Ok(None) => {}
             Err(mut found) => problems.append(&mut found),
         }
@@ -126,6 +178,7 @@ fn parse_file(file: &SourceFile) -> FileParse {
     FileParse {
         contents: file.contents.clone(),
         applications,
+        flag_sets,
         problems,
         invalid,
     }
@@ -352,8 +405,26 @@ pub(crate) fn deserialize<T: DeserializeOwned>(
     file: &str,
     chunk: &Chunk<'_>,
 ) -> Result<T, Diagnostic> {
+    deserialize_with(file, chunk, false)
+}
+
+/// [`deserialize`] with YAML 1.2's booleans only (`true`/`false`; `on`, `off`, `yes`, `no` stay
+/// strings), for documents whose free-form values are JSON: a flag set's variants are often
+/// named `on` and `off`, as flagd (YAML 1.2) reads them.
+pub(crate) fn deserialize_json_like<T: DeserializeOwned>(
+    file: &str,
+    chunk: &Chunk<'_>,
+) -> Result<T, Diagnostic> {
+    deserialize_with(file, chunk, true)
+}
+
+fn deserialize_with<T: DeserializeOwned>(
+    file: &str,
+    chunk: &Chunk<'_>,
+    strict_booleans: bool,
+) -> Result<T, Diagnostic> {
     let mut path = None;
-    deserialize_yaml(chunk.text, |de| {
+    deserialize_yaml_with(chunk.text, strict_booleans, |de| {
         serde_path_to_error::deserialize(de).map_err(|error| {
             path = field_path_of(error.path());
             error.into_inner()
@@ -385,10 +456,22 @@ pub(crate) fn deserialize_yaml<'de, T, F>(text: &'de str, f: F) -> Result<T, ser
 where
     for<'e> F: FnOnce(serde_saphyr::Deserializer<'de, 'e>) -> Result<T, serde_saphyr::Error>,
 {
+    deserialize_yaml_with(text, false, f)
+}
+
+fn deserialize_yaml_with<'de, T, F>(
+    text: &'de str,
+    strict_booleans: bool,
+    f: F,
+) -> Result<T, serde_saphyr::Error>
+where
+    for<'e> F: FnOnce(serde_saphyr::Deserializer<'de, 'e>) -> Result<T, serde_saphyr::Error>,
+{
     // Manifests are small and hand-written: tight limits turn an alias bomb or a runaway
     // generator into a clear error instead of a stalled reconciler.
     let options = serde_saphyr::options! {
         with_snippet: false,
+        strict_booleans: strict_booleans,
         budget: serde_saphyr::budget! {
             max_events: 200_000,
             max_nodes: 100_000,
@@ -698,7 +781,7 @@ spec:
         assert_eq!(error.field.as_deref(), Some("kind"));
         assert_eq!(
             error.message,
-            "missing field `kind`, expected one of `Application`"
+            "missing field `kind`, expected one of `Application`, `FeatureFlags`"
         );
     }
 
@@ -708,7 +791,7 @@ spec:
         assert_eq!((error.line, error.field.as_deref()), (2, Some("kind")));
         assert_eq!(
             error.message,
-            "unknown kind `Rollout`, expected one of `Application`"
+            "unknown kind `Rollout`, expected one of `Application`, `FeatureFlags`"
         );
     }
 

@@ -118,6 +118,7 @@ mod tests {
         scaled.spec.replicas = 7;
         scaled.spec.service = Some(Service {
             listen: "127.0.0.1:9000".into(),
+            tls: None,
         });
         scaled.spec.depends_on = vec!["db".into()];
         scaled.metadata.labels.insert("team".into(), "pay".into());

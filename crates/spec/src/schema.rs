@@ -5,7 +5,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 
 use crate::document::Kind;
-use crate::model::{Application, API_VERSION};
+use crate::model::{Application, FeatureFlags, API_VERSION};
 
 /// JSON Schema (draft 2020-12) for one document: a `oneOf` over the known kinds, each with
 /// `apiVersion` and `kind` pinned to their only valid values.
@@ -22,6 +22,7 @@ pub fn schema() -> Value {
         .iter()
         .map(|kind| match kind {
             Kind::Application => generator.subschema_for::<Application>(),
+            Kind::FeatureFlags => generator.subschema_for::<FeatureFlags>(),
         })
         .map(Value::from)
         .collect();

@@ -1,4 +1,5 @@
-//! The desired state of a whole tree: every application of one commit, validated, by name.
+//! The desired state of a whole tree: every application of one commit, validated, by name,
+//! and the commit's feature flags, merged.
 //!
 //! The reconciler compares this with what runs; `apply_order` tells it which applications to
 //! bring up first.
@@ -8,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::diagnostic::Origin;
+use crate::flags::DeclaredFlags;
 use crate::model::Application;
 
 /// An application as one commit declares it: the manifest, where it is, and its revision
@@ -25,6 +27,9 @@ pub struct Declared {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DesiredState {
     pub applications: BTreeMap<String, Arc<Declared>>,
+    /// Every flag of every `FeatureFlags` document and `*.flagd.json` file. Flags are not part
+    /// of any application's revision: changing one restarts nothing.
+    pub flags: DeclaredFlags,
 }
 
 impl DesiredState {
@@ -124,7 +129,10 @@ mod tests {
                 )
             })
             .collect();
-        DesiredState { applications }
+        DesiredState {
+            applications,
+            ..DesiredState::default()
+        }
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub(crate) enum Invalid {
     ProbeActions(usize),
     #[error("must be at least 1")]
     Zero,
+    #[error("`{0}` is not an absolute path; name the file on the host, for example /etc/gauntlet/tls/cert.pem")]
+    AbsolutePath(String),
     #[error("`{0}` is not a socket address: expected IP:port, for example 127.0.0.1:8080")]
     Listen(String),
     #[error("{0} replicas is more than the maximum of {MAX_REPLICAS}")]
@@ -119,6 +121,16 @@ fn application(app: &Application) -> Vec<(String, Invalid)> {
                 Invalid::Listen(service.listen.clone()),
             );
         }
+        if let Some(tls) = &service.tls {
+            for (field, path) in [
+                ("spec.service.tls.certFile", &tls.cert_file),
+                ("spec.service.tls.keyFile", &tls.key_file),
+            ] {
+                if !path.starts_with('/') {
+                    problem(field, Invalid::AbsolutePath(path.clone()));
+                }
+            }
+        }
     }
     problems
 }
@@ -159,7 +171,7 @@ fn probe(probe: &Probe) -> Vec<(&'static str, Invalid)> {
 
 /// A DNS label (RFC 1123): lower-case letters, digits and '-', 1 to 63 characters, starting
 /// with a letter or digit.
-fn is_dns_label(name: &str) -> bool {
+pub(crate) fn is_dns_label(name: &str) -> bool {
     let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
     (1..=63).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())

@@ -259,6 +259,9 @@ impl Controller {
         if !extra.contains(&"--interval") {
             args.extend(["--interval".into(), "1s".into()]);
         }
+        if !extra.contains(&"--proxy-admin") {
+            args.extend(["--proxy-admin".into(), "127.0.0.1:0".into()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut c = Controller {
             child: None,
@@ -507,6 +510,23 @@ impl Controller {
         }
     }
 
+    /// The proxy this controller runs, as it announced itself in the state directory.
+    pub fn proxy_pid(&self) -> Option<u32> {
+        let text =
+            std::fs::read_to_string(self.state.path().join("proxy").join("proxy.json")).ok()?;
+        let info: Value = serde_json::from_str(&text).ok()?;
+        let pid = u32::try_from(info["pid"].as_u64()?).ok()?;
+        alive(u64::from(pid)).then_some(pid)
+    }
+
+    /// The proxy's admin address, as it announced itself in the state directory.
+    pub fn proxy_admin(&self) -> Option<String> {
+        let text =
+            std::fs::read_to_string(self.state.path().join("proxy").join("proxy.json")).ok()?;
+        let info: Value = serde_json::from_str(&text).ok()?;
+        info["admin"].as_str().map(str::to_string)
+    }
+
     pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(BIN)
             .arg("--state-dir")
@@ -526,6 +546,9 @@ impl Drop for Controller {
             for pid in instance_processes(self.state.path()) {
                 unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
             }
+            if let Some(pid) = self.proxy_pid() {
+                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            }
             if let Some(mut c) = self.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
@@ -537,6 +560,10 @@ impl Drop for Controller {
         }
         if self.shutdown(true).is_none() {
             self.kill9();
+        }
+        if let Some(pid) = self.proxy_pid() {
+            eprintln!("killed the proxy {pid}, left running by a shutdown with stopInstances");
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
         }
         // Nothing of the test may outlive it, even if the controller failed to stop it.
         let left = instance_processes(self.state.path());

@@ -199,6 +199,12 @@ pub(crate) struct ProcStat {
     pub start_time: u64,
 }
 
+/// When `pid` started (field 22 of its `/proc` stat), which with the pid identifies a process
+/// for its whole life; `None` when there is no such process.
+pub fn start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|s| s.start_time)
+}
+
 pub(crate) fn proc_stat(pid: u32) -> Option<ProcStat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&text)
@@ -229,14 +235,14 @@ impl ProcStat {
 
 /// Whether the process that had `start_time` still runs as `pid` (not a zombie, not a new
 /// process that reused the pid).
-pub(crate) fn is_alive(pid: u32, start_time: u64) -> bool {
+pub fn is_alive(pid: u32, start_time: u64) -> bool {
     matches!(proc_stat(pid), Some(s) if s.start_time == start_time && s.is_running())
 }
 
 /// Stops a process that is not our child, and its process group: SIGTERM, up to `grace` for
 /// the leader to exit, then SIGKILL. Its exit status is not ours to see, so `/proc` is
 /// polled. Returns whether the leader is gone.
-pub(crate) async fn stop_group(pid: u32, start_time: u64, grace: Duration) -> bool {
+pub async fn stop_group(pid: u32, start_time: u64, grace: Duration) -> bool {
     if let Err(e) = signal_group(pid, libc::SIGTERM) {
         tracing::warn!(pid, error = %e, "cannot send SIGTERM");
     }
@@ -269,7 +275,7 @@ async fn wait_gone(pid: u32, start_time: u64, within: Duration, poll: Duration) 
 }
 
 /// How a process ended, as users read it: `exit status 3` or `signal 9 (SIGKILL)`.
-pub(crate) fn describe_exit(status: ExitStatus) -> String {
+pub fn describe_exit(status: ExitStatus) -> String {
     if let Some(code) = status.code() {
         return format!("exit status {code}");
     }

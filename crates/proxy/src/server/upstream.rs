@@ -1,0 +1,223 @@
+//! Keep-alive HTTP/1.1 connections to instances, pooled per worker and per endpoint.
+//!
+//! Each worker (one runtime thread) has a pool of its own, so a request takes an idle
+//! connection made by the thread it runs on and the lock it takes is never contended on the
+//! hot path. A connection is a hyper `http1` [`SendRequest`] whose connection task runs on that
+//! worker; it goes back to the pool once its response body has been read to its end (a
+//! response whose body is dropped early closes its connection). Idle connections are dropped
+//! after [`IDLE_TIMEOUT`] by [`Pools::sweep`] and when found closed at checkout.
+//!
+//! [`Pools::send`] sends a request on an idle connection if there is one and on a new one
+//! otherwise. A pooled connection that the instance closed before the request was written
+//! gives the request back and the next one (or a new one) is tried, so an instance's own
+//! keep-alive timeout never fails a request. A new connection that cannot be made within the
+//! connect timeout is [`SendError::Connect`], with the request given back untouched.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::{lock, ProxyBody};
+
+/// How long a pooled connection may stay idle before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How often each worker's pool is swept of idle and closed connections.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(15);
+
+type Sender = SendRequest<ProxyBody>;
+
+/// One pool per worker.
+pub struct Pools {
+    workers: Vec<Pool>,
+    connect_timeout: Duration,
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// Why a request got no response.
+pub enum SendError {
+    /// No connection could be made (refused, unreachable, timed out); the request was not
+    /// sent and is given back.
+    Connect(std::io::Error, Request<ProxyBody>),
+    /// The connection failed once the request was handed to it.
+    Upstream(hyper::Error),
+}
+
+/// A connection lent to one request; [`Lease::release`] returns it to its pool.
+pub struct Lease {
+    pools: Arc<Pools>,
+    worker: usize,
+    addr: SocketAddr,
+    sender: Sender,
+}
+
+impl Lease {
+    /// Returns the connection to the pool, once it is ready for another request. Only call
+    /// this when the response body has been read to its end.
+    pub fn release(self) {
+        let Lease {
+            pools,
+            worker,
+            addr,
+            mut sender,
+        } = self;
+        if sender.is_ready() {
+            pools.checkin(worker, addr, sender);
+        } else if !sender.is_closed() {
+            // The connection task has not yet seen the end of the response; this is rare.
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pools.checkin(worker, addr, sender);
+                }
+            });
+        }
+    }
+}
+
+impl Pools {
+    pub fn new(workers: usize, connect_timeout: Duration) -> Pools {
+        Pools {
+            workers: (0..workers.max(1)).map(|_| Pool::default()).collect(),
+            connect_timeout,
+        }
+    }
+
+    fn pool(&self, worker: usize) -> &Pool {
+        &self.workers[worker % self.workers.len()]
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) to `addr` on a connection of `worker`'s
+    /// pool or a new one.
+    pub async fn send(
+        self: &Arc<Self>,
+        worker: usize,
+        addr: SocketAddr,
+        mut request: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        while let Some(mut sender) = self.checkout(worker, addr) {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, self.lease(worker, addr, sender))),
+                Err(mut failed) => match failed.take_message() {
+                    // Closed by the instance before the request was written: try another.
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendError::Upstream(failed.into_error())),
+                },
+            }
+        }
+        let mut sender = match self.connect(addr).await {
+            Ok(sender) => sender,
+            Err(e) => return Err(SendError::Connect(e, request)),
+        };
+        match sender.send_request(request).await {
+            Ok(response) => Ok((response, self.lease(worker, addr, sender))),
+            Err(e) => Err(SendError::Upstream(e)),
+        }
+    }
+
+    fn lease(self: &Arc<Self>, worker: usize, addr: SocketAddr, sender: Sender) -> Lease {
+        Lease {
+            pools: Arc::clone(self),
+            worker,
+            addr,
+            sender,
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Sender> {
+        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+        {
+            Ok(connected) => connected?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                ))
+            }
+        };
+        stream.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(%addr, "upstream connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The most recently returned connection to `addr` that is still usable.
+    fn checkout(&self, worker: usize, addr: SocketAddr) -> Option<Sender> {
+        let mut idle = lock(&self.pool(worker).idle);
+        let list = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(entry) = list.pop() {
+            if entry.sender.is_ready() && now.duration_since(entry.since) < IDLE_TIMEOUT {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, worker: usize, addr: SocketAddr, sender: Sender) {
+        let entry = Idle {
+            sender,
+            since: Instant::now(),
+        };
+        lock(&self.pool(worker).idle)
+            .entry(addr)
+            .or_default()
+            .push(entry);
+    }
+
+    /// Closes `worker`'s connections that have been idle for [`IDLE_TIMEOUT`] or were closed
+    /// by their instance.
+    pub fn sweep(&self, worker: usize) {
+        let now = Instant::now();
+        let mut idle = lock(&self.pool(worker).idle);
+        idle.retain(|_, list| {
+            list.retain(|entry| {
+                !entry.sender.is_closed() && now.duration_since(entry.since) < IDLE_TIMEOUT
+            });
+            !list.is_empty()
+        });
+    }
+
+    /// Idle connections of every worker, for tests.
+    #[cfg(test)]
+    pub fn idle(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|pool| lock(&pool.idle).values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+}
+
+/// Sweeps `worker`'s pool every [`SWEEP_INTERVAL`] until the pools are gone.
+pub async fn sweeper(pools: std::sync::Weak<Pools>, worker: usize) {
+    loop {
+        tokio::time::sleep(SWEEP_INTERVAL).await;
+        match pools.upgrade() {
+            Some(pools) => pools.sweep(worker),
+            None => return,
+        }
+    }
+}
