@@ -9,7 +9,8 @@
 #   DURATION [10s]  CONNECTIONS [64]  WARMUP [3s]  VERIFY_REQUESTS [2000]
 #   PROXY_CPU [0]  LOAD_CPU [1]  BACKEND_CPU [same as LOAD_CPU]
 #   BACKEND [nginx]  nginx (static `return 200` on two ports) or demo-app (two `gauntlet demo-app`)
-#   SKIP_BUILD [0]   1 to use target/release/gauntlet as it is
+#   SKIP_BUILD [0]   1 to use the gauntlet binary as it is
+#   GAUNTLET [target/release/gauntlet]  the gauntlet binary to run (its build is skipped when set)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -56,11 +57,11 @@ fi
 export PATH="$PATH:/usr/sbin:/sbin"
 [ "$(nproc)" -ge 2 ] || die "needs at least two CPUs (proxy and load generator on separate cores)"
 
-if [ "$SKIP_BUILD" != 1 ]; then
+if [ -z "${GAUNTLET:-}" ] && [ "$SKIP_BUILD" != 1 ]; then
     log "cargo build --release -p gauntlet"
     (cd "$ROOT" && cargo build --release -q -p gauntlet)
 fi
-GAUNTLET="$ROOT/target/release/gauntlet"
+GAUNTLET=${GAUNTLET:-$ROOT/target/release/gauntlet}
 [ -x "$GAUNTLET" ] || die "$GAUNTLET is missing"
 
 # --- process bookkeeping -----------------------------------------------------------------------
@@ -247,7 +248,7 @@ start_gauntlet() {
     token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
     printf '%s\n' "$token" >"$WORK/gauntlet/token"
     RUST_LOG=warn taskset -c "$PROXY_CPU" "$GAUNTLET" --state-dir "$WORK/gauntlet/state" proxy \
-        --admin "127.0.0.1:$GAUNTLET_ADMIN" --token-file "$WORK/gauntlet/token" \
+        --admin "127.0.0.1:$GAUNTLET_ADMIN" --token-file "$WORK/gauntlet/token" --workers 1 \
         >"$WORK/gauntlet/out.log" 2>&1 &
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")

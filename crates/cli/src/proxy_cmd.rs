@@ -4,6 +4,12 @@
 //! moment it starts, so it keeps serving when the controller is gone, and takes new
 //! configurations over the admin API (see `gauntlet_proxy::admin`), authenticated with the
 //! state directory's `token` (created like the controller's if missing) or `--token-file`.
+//!
+//! Client connections are served thread-per-core, as nginx's worker processes and HAProxy's
+//! threads serve them: `--workers` threads each run a single-threaded runtime with a listener
+//! of its own on every application's address (`SO_REUSEPORT`) and its own upstream connection
+//! pool, so a request never leaves the thread that accepted its connection. The admin API
+//! runs on the main thread. Routing tables, endpoint state and metrics are shared by all.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,6 +48,10 @@ pub struct ProxyArgs {
     /// The most requests one HTTP/2 client connection may have open at once.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrent_streams: u32,
+    /// Threads serving client connections, each with its own listeners and upstream
+    /// connections. Defaults to the CPUs this process may run on.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    workers: Option<u32>,
 }
 
 impl ProxyArgs {
@@ -64,11 +74,30 @@ pub fn run(args: ProxyArgs, state_dir: PathBuf) -> Result<ExitCode> {
         Some(file) => read_token(file)?,
         None => paths::ensure_state_dir(&state_dir)?,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let workers = match args.workers {
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let handles = (0..workers).map(spawn_worker).collect::<Result<Vec<_>>>()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(args, state_dir, token))
+    rt.block_on(serve(args, state_dir, token, handles))
+}
+
+/// Starts worker `index`: a thread running a single-threaded runtime until the process exits.
+fn spawn_worker(index: usize) -> Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a worker's async runtime")?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name(format!("proxy-worker-{index}"))
+        .spawn(move || rt.block_on(std::future::pending::<()>()))
+        .context("starting a worker thread")?;
+    Ok(handle)
 }
 
 fn read_token(file: &Path) -> Result<String> {
@@ -83,12 +112,17 @@ fn read_token(file: &Path) -> Result<String> {
     Ok(token)
 }
 
-async fn serve(args: ProxyArgs, state_dir: PathBuf, token: String) -> Result<ExitCode> {
+async fn serve(
+    args: ProxyArgs,
+    state_dir: PathBuf,
+    token: String,
+    workers: Vec<tokio::runtime::Handle>,
+) -> Result<ExitCode> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
-    let proxy = Proxy::new(args.options());
+    let proxy = Proxy::with_workers(args.options(), workers);
     if let Some(config) = persist::load(&state_dir)? {
         let version = config.version;
         proxy
@@ -141,6 +175,13 @@ mod tests {
             parsed.max_concurrent_streams,
             defaults.max_concurrent_streams
         );
+    }
+
+    #[test]
+    fn zero_workers_are_refused() {
+        assert!(Cli::try_parse_from(["gauntlet", "--workers", "0"]).is_err());
+        let parsed = Cli::parse_from(["gauntlet", "--workers", "3"]).proxy;
+        assert_eq!(parsed.workers, Some(3));
     }
 
     #[test]

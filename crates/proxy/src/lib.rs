@@ -58,7 +58,7 @@
 //!
 //! - [`server`]: the [`Proxy`]: one listener per application serving HTTP/1.1 and HTTP/2
 //!   (cleartext with prior knowledge on the same listener, or TLS with ALPN), forwarding as
-//!   HTTP/1.1 over a pooled hyper client with bodies streamed both ways,
+//!   HTTP/1.1 over per-worker pools of keep-alive connections with bodies streamed both ways,
 //!   `X-Forwarded-For`/`-Proto`, retry on another endpoint after a refused connection
 //!   (bodiless requests only), `502`/`504`, fault actions, per-endpoint in-flight and health
 //!   state kept across reloads by address, the atomic swap of a whole [`RouteTable`] on
@@ -73,8 +73,8 @@
 //! - [`persist`]: the accepted configuration on disk, replaced atomically, so a proxy started
 //!   alone serves its last one.
 //!
-//! Not yet here: draining reports, metric deltas over the admin API, HTTP/2 (h2c) to
-//! upstreams (instances are always spoken to in HTTP/1.1), and a Unix-socket admin API.
+//! Not yet here: HTTP/2 (h2c) to upstreams (instances are always spoken to in HTTP/1.1), and
+//! a Unix-socket admin API.
 
 pub mod admin;
 pub mod balance;

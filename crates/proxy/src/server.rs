@@ -11,6 +11,16 @@
 //! old configuration untouched, if either fails), [`Proxy::commit`] swaps the table in, starts
 //! the new listeners and stops those of removed applications.
 //!
+//! **Workers.** Client connections are served by one or more tokio runtimes, the workers
+//! ([`Proxy::with_workers`]; `gauntlet proxy` runs one single-threaded runtime per core). Each
+//! worker has its own listener on every application's address (`SO_REUSEPORT` when there are
+//! several, so the kernel spreads connections) and its own pool of upstream connections, so a
+//! request is served start to end on the thread that accepted its connection. What must be
+//! seen by all (the served table, endpoint state, metrics) is shared and touched with atomics,
+//! apart from the lock that clones the table's `Arc` and endpoint health's lock, taken only
+//! around connection failures. A reload binds a new application's listener in every worker
+//! and stops a removed one's in every worker.
+//!
 //! **Client connections.** Each application's listener serves HTTP/1.1 and HTTP/2. In
 //! cleartext, the connection's first bytes are peeked (not read) and HTTP/2's connection
 //! preface means HTTP/2 with prior knowledge (h2c); anything else goes to hyper's HTTP/1.1
@@ -31,7 +41,8 @@
 //! HTTP/2 header list far over the limit costs the client its connection). HTTP/2 clients may
 //! open `max_concurrent_streams` streams per connection; the reset fault resets the stream.
 //!
-//! Instances are always spoken to in HTTP/1.1. An HTTP/2 request is translated: `Host` is set
+//! Instances are always spoken to in HTTP/1.1, over keep-alive connections pooled per worker
+//! and endpoint (see `upstream`). An HTTP/2 request is translated: `Host` is set
 //! from `:authority` (as it is for an HTTP/1.1 request in absolute form), split `Cookie`
 //! fields are joined into one, and the answer loses `Transfer-Encoding` and every other
 //! connection-specific header. `X-Forwarded-Proto` says `https` for requests that came over TLS.
@@ -67,23 +78,23 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -95,6 +106,10 @@ use crate::faults::{self, FaultAction};
 use crate::metrics::RevisionMetrics;
 use crate::route::{cookie_value, RequestView, RouteTable};
 use crate::{tls, InvalidConfig};
+
+mod upstream;
+
+use upstream::SendError;
 
 /// The body type of requests sent upstream and responses sent to clients.
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -171,7 +186,46 @@ pub enum ApplyError {
     },
 }
 
-type EndpointCell = Arc<Mutex<EndpointState>>;
+/// One endpoint's state shared by every worker: requests in flight (an atomic, touched twice
+/// per request) and passive health (behind a lock taken only when a connection fails, or on
+/// the next success after one).
+#[derive(Debug, Default)]
+struct Endpoint {
+    in_flight: AtomicU32,
+    /// Set while `health` may hold failures, so a success need not take the lock otherwise.
+    troubled: AtomicBool,
+    health: Mutex<EndpointState>,
+}
+
+type EndpointCell = Arc<Endpoint>;
+
+impl Endpoint {
+    /// What the balancer needs to know, with `draining` from the configuration.
+    fn state(&self, draining: bool) -> EndpointState {
+        let mut state = if self.troubled.load(Ordering::Relaxed) {
+            lock(&self.health).clone()
+        } else {
+            EndpointState::default()
+        };
+        state.in_flight = self.in_flight.load(Ordering::Relaxed);
+        state.draining = draining;
+        state
+    }
+
+    fn record_success(&self) {
+        if self.troubled.load(Ordering::Relaxed) {
+            let mut health = lock(&self.health);
+            health.record_success();
+            self.troubled.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn record_connect_failure(&self, policy: &HealthPolicy, now_ms: u64) {
+        let mut health = lock(&self.health);
+        self.troubled.store(true, Ordering::Relaxed);
+        health.record_connect_failure(policy, now_ms);
+    }
+}
 
 /// A compiled table with what the data path needs beside it, swapped in as one.
 struct Served {
@@ -187,10 +241,13 @@ struct Inner {
     served: RwLock<Arc<Served>>,
     /// Every endpoint of the served table by address, so state carries over reloads.
     endpoints: Mutex<HashMap<SocketAddr, EndpointCell>>,
-    listeners: Mutex<HashMap<SocketAddr, JoinHandle<()>>>,
+    /// The accept loops of each served address, one per worker.
+    listeners: Mutex<HashMap<SocketAddr, Vec<JoinHandle<()>>>>,
     /// Serialises reloads from `prepare` to `commit`.
     reload: Arc<AsyncMutex<()>>,
-    client: Client<HttpConnector, ProxyBody>,
+    /// The runtimes that serve client connections, each with listeners of its own.
+    workers: Vec<Handle>,
+    pools: Arc<upstream::Pools>,
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     options: Options,
@@ -225,7 +282,8 @@ pub struct Prepared {
     config: ProxyConfig,
     table: RouteTable,
     tls: Vec<Option<TlsAcceptor>>,
-    listeners: Vec<(SocketAddr, TcpListener)>,
+    /// Per new address, one listener per worker.
+    listeners: Vec<(SocketAddr, Vec<TcpListener>)>,
     _reload: OwnedMutexGuard<()>,
 }
 
@@ -236,15 +294,27 @@ impl Prepared {
 }
 
 impl Proxy {
-    /// A proxy serving nothing until a configuration is committed. Must be called inside a
-    /// tokio runtime.
+    /// A proxy serving nothing until a configuration is committed, whose connections are
+    /// served on the current tokio runtime. Must be called inside a tokio runtime.
     pub fn new(options: Options) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(options.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+        Proxy::with_workers(options, vec![Handle::current()])
+    }
+
+    /// A proxy whose client connections are served by `workers`: each listens on every
+    /// application's address (with `SO_REUSEPORT` when there are several, so the kernel spreads
+    /// connections across them) and keeps its own pool of upstream connections. Typically
+    /// one single-threaded runtime per core, like nginx's worker processes; routing tables,
+    /// endpoint state and metrics are shared. An empty `workers` means the current runtime.
+    pub fn with_workers(options: Options, workers: Vec<Handle>) -> Proxy {
+        let workers = if workers.is_empty() {
+            vec![Handle::current()]
+        } else {
+            workers
+        };
+        let pools = Arc::new(upstream::Pools::new(workers.len(), options.connect_timeout));
+        for (index, worker) in workers.iter().enumerate() {
+            worker.spawn(upstream::sweeper(Arc::downgrade(&pools), index));
+        }
         let empty = ProxyConfig {
             version: 0,
             apps: Vec::new(),
@@ -284,7 +354,8 @@ impl Proxy {
                 endpoints: Mutex::new(HashMap::new()),
                 listeners: Mutex::new(HashMap::new()),
                 reload: Arc::new(AsyncMutex::new(())),
-                client,
+                workers,
+                pools,
                 http1,
                 http2,
                 options,
@@ -332,7 +403,7 @@ impl Proxy {
                     else {
                         continue;
                     };
-                    let state = lock(cell);
+                    let state = cell.state(endpoint.draining);
                     out.push(EndpointLoad {
                         app: app.name.clone(),
                         revision: revision.name.clone(),
@@ -371,19 +442,29 @@ impl Proxy {
             return Err(InvalidConfig(problems).into());
         }
         let mut listeners = Vec::new();
+        let reuse_port = self.inner.workers.len() > 1;
         for app in &config.apps {
             if lock(&self.inner.listeners).contains_key(&app.listen) {
                 continue;
             }
-            let listener =
-                TcpListener::bind(app.listen)
+            let mut bound = Vec::with_capacity(self.inner.workers.len());
+            let mut addr = app.listen;
+            for worker in &self.inner.workers {
+                // Bound on the worker's runtime, whose I/O driver will serve it.
+                let listener = worker
+                    .spawn(bind(addr, reuse_port))
                     .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
                     .map_err(|source| ApplyError::Bind {
                         app: app.name.clone(),
                         addr: app.listen,
                         source,
                     })?;
-            listeners.push((app.listen, listener));
+                // With port 0, the other workers join the port the first one got.
+                addr = listener.local_addr().unwrap_or(addr);
+                bound.push(listener);
+            }
+            listeners.push((app.listen, bound));
         }
         Ok(Prepared {
             config,
@@ -441,14 +522,25 @@ impl Proxy {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::clone(&served);
         let mut running = lock(&self.inner.listeners);
-        for (addr, listener) in listeners {
-            let proxy = self.clone();
-            running.insert(addr, tokio::spawn(proxy.accept(addr, listener)));
+        for (addr, bound) in listeners {
+            let tasks = self
+                .inner
+                .workers
+                .iter()
+                .zip(bound)
+                .enumerate()
+                .map(|(index, (worker, listener))| {
+                    worker.spawn(self.clone().accept(addr, listener, index))
+                })
+                .collect();
+            running.insert(addr, tasks);
         }
-        running.retain(|addr, task| {
+        running.retain(|addr, tasks| {
             let keep = served.table.app_index(*addr).is_some();
             if !keep {
-                task.abort();
+                for task in tasks {
+                    task.abort();
+                }
             }
             keep
         });
@@ -470,7 +562,7 @@ impl Proxy {
         lock(&self.inner.listeners).keys().copied().collect()
     }
 
-    async fn accept(self, listen: SocketAddr, listener: TcpListener) {
+    async fn accept(self, listen: SocketAddr, listener: TcpListener, worker: usize) {
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -482,13 +574,19 @@ impl Proxy {
                 }
             };
             let _ = stream.set_nodelay(true);
-            tokio::spawn(self.clone().connection(listen, peer, stream));
+            tokio::spawn(self.clone().connection(listen, peer, stream, worker));
         }
     }
 
     /// Serves one client connection: TLS if the application has it (ALPN picks the
     /// protocol), otherwise HTTP/2 if it opens with the HTTP/2 preface, else HTTP/1.1.
-    async fn connection(self, listen: SocketAddr, peer: SocketAddr, stream: TcpStream) {
+    async fn connection(
+        self,
+        listen: SocketAddr,
+        peer: SocketAddr,
+        stream: TcpStream,
+        worker: usize,
+    ) {
         let deadline = self.inner.options.header_read_timeout;
         let acceptor = {
             let served = self.inner.current();
@@ -497,11 +595,7 @@ impl Proxy {
                 .app_index(listen)
                 .and_then(|app| served.tls.get(app).cloned().flatten())
         };
-        let mut client = ClientConn {
-            listen,
-            peer,
-            tls: false,
-        };
+        let mut client = ClientConn::new(listen, peer, worker);
         let Some(acceptor) = acceptor else {
             match tokio::time::timeout(deadline, sniff(&stream)).await {
                 Ok(Ok(Protocol::Http2)) => self.serve_h2(TokioIo::new(stream), client).await,
@@ -537,8 +631,10 @@ impl Proxy {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let proxy = self.clone();
+        let conn = client.clone();
         let service = hyper::service::service_fn(move |request| {
             let proxy = proxy.clone();
+            let client = conn.clone();
             async move { proxy.forward_from(client, request).await }
         });
         let served = self
@@ -563,8 +659,10 @@ impl Proxy {
         let activity = Arc::new(Activity::new());
         let proxy = self.clone();
         let streams = Arc::clone(&activity);
+        let conn = client.clone();
         let service = hyper::service::service_fn(move |request| {
             let proxy = proxy.clone();
+            let client = conn.clone();
             let open = OpenStream::start(&streams);
             async move {
                 let response = proxy.forward_from(client, request).await?;
@@ -610,12 +708,8 @@ impl Proxy {
         peer: SocketAddr,
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ResetConnection> {
-        let client = ClientConn {
-            listen,
-            peer,
-            tls: false,
-        };
-        self.forward_from(client, request).await
+        self.forward_from(ClientConn::new(listen, peer, 0), request)
+            .await
     }
 
     /// [`Proxy::forward`] for a request from `client`, over either HTTP version. On HTTP/2
@@ -625,10 +719,9 @@ impl Proxy {
         client: ClientConn,
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ResetConnection> {
-        let ClientConn { listen, peer, tls } = client;
         let started = Instant::now();
         let served = self.inner.current();
-        let Some(app_index) = served.table.app_index(listen) else {
+        let Some(app_index) = served.table.app_index(client.listen) else {
             return Ok(answer(StatusCode::BAD_GATEWAY));
         };
         let draw = self.inner.draw();
@@ -658,20 +751,21 @@ impl Proxy {
             Some(_) => parts.extensions.remove::<OnUpgrade>(),
             None => None,
         };
+        parts.extensions.clear();
         strip_hop_by_hop(&mut parts.headers);
         to_http1_request(&mut parts);
-        add_forwarded(&mut parts.headers, peer, tls);
+        add_forwarded(&mut parts.headers, &client);
         if let Some(protocol) = &upgrade {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
         }
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        let client_version = parts.version;
+        parts.version = Version::HTTP_11;
+        parts.uri = origin_form(parts.uri);
+        // Without a `Host` (HTTP/1.0), the endpoint's address is sent as the host.
+        let needs_host = !parts.headers.contains_key(header::HOST);
         // A request without a body can be sent again after a refused connection; one with a
         // body is sent once, since its body streams straight through.
         let resendable = body.is_end_stream();
@@ -701,61 +795,39 @@ impl Proxy {
         if let (Some(target), Some(copy)) = (pick.mirror, copy) {
             let request = MirrorRequest {
                 method: parts.method.clone(),
-                path: path.clone(),
+                uri: parts.uri.clone(),
                 headers: parts.headers.clone(),
                 body: copy,
             };
-            self.mirror(&served, app_index, target, request, draw);
+            self.mirror(&served, app_index, target, request, draw, client.worker);
         }
-        let mut body = Some(body);
+        let mut request = Request::from_parts(parts, body);
         let cells = &served.cells[app_index][pick.revision];
-        let mut states: Vec<EndpointState> = cells
-            .iter()
-            .zip(revision.endpoints())
-            .map(|(cell, endpoint)| {
-                let mut state = lock(cell).clone();
-                state.draining = endpoint.draining;
-                state
-            })
-            .collect();
+        let endpoints = revision.endpoints();
+        let mut refused = None;
         let mut tried = false;
         for attempt in 0..2u64 {
-            let now_ms = unix_ms();
-            let Some(chosen) = balance::choose(&states, mix(draw ^ (attempt + 1)), now_ms) else {
+            let Some(chosen) = choose(cells, endpoints, refused, mix(draw ^ (attempt + 1)), now_ms)
+            else {
                 break;
             };
             tried = true;
-            let upstream_body = match body.take() {
-                Some(b) if !resendable => b,
-                _ if resendable => empty(),
-                _ => break,
-            };
-            let addr = revision.endpoints()[chosen].addr;
-            let uri = match Uri::builder()
-                .scheme("http")
-                .authority(addr.to_string())
-                .path_and_query(path.as_str())
-                .build()
-            {
-                Ok(uri) => uri,
-                Err(_) => return Ok(answer(StatusCode::BAD_REQUEST)),
-            };
-            let mut upstream = Request::new(upstream_body);
-            *upstream.method_mut() = parts.method.clone();
-            *upstream.uri_mut() = uri;
-            *upstream.version_mut() = Version::HTTP_11;
-            *upstream.headers_mut() = parts.headers.clone();
-
+            let addr = endpoints[chosen].addr;
+            if needs_host {
+                if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
+                    request.headers_mut().insert(header::HOST, host);
+                }
+            }
             let cell = &cells[chosen];
-            let in_flight = InFlight::start(Arc::clone(cell));
+            let in_flight = InFlight::start(cell);
             let sent = tokio::time::timeout(
                 self.inner.options.request_timeout,
-                self.inner.client.request(upstream),
+                self.inner.pools.send(client.worker, addr, request),
             )
             .await;
             match sent {
-                Ok(Ok(mut response)) => {
-                    lock(cell).record_success();
+                Ok(Ok((mut response, lease))) => {
+                    cell.record_success();
                     metrics.record_response(response.status().as_u16(), elapsed_us(started));
                     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                     let tunnel = match client_upgrade.take() {
@@ -772,7 +844,7 @@ impl Proxy {
                     let (mut head, upstream_body) = response.into_parts();
                     let protocol = head.headers.get(header::UPGRADE).cloned();
                     strip_hop_by_hop(&mut head.headers);
-                    if parts.version == Version::HTTP_2 {
+                    if client_version == Version::HTTP_2 {
                         // Framing is HTTP/2's own; the HTTP/1.1 header must not reach it.
                         head.headers.remove(header::TRANSFER_ENCODING);
                     }
@@ -783,6 +855,8 @@ impl Proxy {
                         }
                     }
                     if let Some((client, upstream)) = tunnel {
+                        // The upgraded connection is the tunnel's, never pooled again.
+                        drop(lease);
                         head.headers
                             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                         if let Some(protocol) = protocol.or(upgrade) {
@@ -793,19 +867,24 @@ impl Proxy {
                     }
                     let body = Tracked {
                         inner: upstream_body,
+                        lease: Some(lease),
                         _in_flight: in_flight,
                     };
                     return Ok(Response::from_parts(head, body.boxed_unsync()));
                 }
-                Ok(Err(e)) if e.is_connect() => {
+                Ok(Err(SendError::Connect(e, unsent))) => {
                     drop(in_flight);
-                    lock(cell).record_connect_failure(&self.inner.options.health, now_ms);
+                    cell.record_connect_failure(&self.inner.options.health, now_ms);
                     metrics.record_connect_error();
                     tracing::debug!(%addr, "upstream connection failed: {e}");
+                    if !resendable {
+                        break;
+                    }
                     // Not this one again for this request.
-                    states[chosen].draining = true;
+                    refused = Some(chosen);
+                    request = *unsent;
                 }
-                Ok(Err(e)) => {
+                Ok(Err(SendError::Upstream(e))) => {
                     tracing::debug!(%addr, "upstream request failed: {e}");
                     metrics.record_response(502, elapsed_us(started));
                     return Ok(answer(StatusCode::BAD_GATEWAY));
@@ -824,10 +903,44 @@ impl Proxy {
     }
 }
 
+/// Power of two choices ([`balance::choose`]) among `endpoints`, leaving out `refused`. A
+/// revision with one endpoint, the common case, is decided without collecting states.
+fn choose(
+    cells: &[EndpointCell],
+    endpoints: &[crate::config::Endpoint],
+    refused: Option<usize>,
+    draw: u64,
+    now_ms: u64,
+) -> Option<usize> {
+    if let ([cell], [endpoint]) = (cells, endpoints) {
+        let available = refused.is_none() && cell.state(endpoint.draining).is_available(now_ms);
+        return available.then_some(0);
+    }
+    let states: Vec<EndpointState> = cells
+        .iter()
+        .zip(endpoints)
+        .enumerate()
+        .map(|(i, (cell, endpoint))| cell.state(endpoint.draining || refused == Some(i)))
+        .collect();
+    balance::choose(&states, draw, now_ms)
+}
+
+/// `uri` as HTTP/1.1's origin form (path and query), the form instances are sent.
+fn origin_form(uri: Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri;
+    }
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(path)
+}
+
 /// The parts of a request copied to a mirror.
 struct MirrorRequest {
     method: http::Method,
-    path: String,
+    uri: Uri,
     headers: HeaderMap,
     body: MirrorBody,
 }
@@ -857,6 +970,7 @@ impl Proxy {
         revision: usize,
         request: MirrorRequest,
         draw: u64,
+        worker: usize,
     ) {
         let mirrors = &self.inner.mirrors;
         if mirrors.fetch_add(1, Ordering::Relaxed) >= MIRRORS_IN_FLIGHT {
@@ -881,52 +995,42 @@ impl Proxy {
             };
             let endpoints = served.table.apps()[app_index].revisions()[revision].endpoints();
             let cells = &served.cells[app_index][revision];
-            let states: Vec<EndpointState> = cells
-                .iter()
-                .zip(endpoints)
-                .map(|(cell, endpoint)| {
-                    let mut state = lock(cell).clone();
-                    state.draining = endpoint.draining;
-                    state
-                })
-                .collect();
             let now_ms = unix_ms();
             // A draw of its own, apart from the routing, fault and primary endpoint draws.
-            let Some(chosen) = balance::choose(&states, mix(mix(mix(draw)) ^ 0x6d69), now_ms)
-            else {
+            let draw = mix(mix(mix(draw)) ^ 0x6d69);
+            let Some(chosen) = choose(cells, endpoints, None, draw, now_ms) else {
                 return;
             };
             let addr = endpoints[chosen].addr;
-            let Ok(uri) = Uri::builder()
-                .scheme("http")
-                .authority(addr.to_string())
-                .path_and_query(request.path.as_str())
-                .build()
-            else {
-                return;
-            };
             let mut upstream = Request::new(body);
             *upstream.method_mut() = request.method;
-            *upstream.uri_mut() = uri;
-            *upstream.version_mut() = Version::HTTP_11;
+            *upstream.uri_mut() = request.uri;
             *upstream.headers_mut() = request.headers;
+            if !upstream.headers().contains_key(header::HOST) {
+                if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
+                    upstream.headers_mut().insert(header::HOST, host);
+                }
+            }
             let cell = &cells[chosen];
-            let _in_flight = InFlight::start(Arc::clone(cell));
+            let _in_flight = InFlight::start(cell);
             let timeout = inner.options.request_timeout;
             let answered = tokio::time::timeout(timeout, async {
-                match inner.client.request(upstream).await {
-                    Ok(response) => {
-                        lock(cell).record_success();
+                match inner.pools.send(worker, addr, upstream).await {
+                    Ok((response, lease)) => {
+                        cell.record_success();
                         // Read the answer to its end so the connection goes back to the pool.
-                        if let Err(e) = response.into_body().collect().await {
-                            tracing::debug!(%addr, "mirrored response failed: {e}");
+                        match response.into_body().collect().await {
+                            Ok(_) => lease.release(),
+                            Err(e) => tracing::debug!(%addr, "mirrored response failed: {e}"),
                         }
                     }
-                    Err(e) if e.is_connect() => {
-                        lock(cell).record_connect_failure(&inner.options.health, now_ms);
+                    Err(SendError::Connect(e, _)) => {
+                        cell.record_connect_failure(&inner.options.health, now_ms);
                         tracing::debug!(%addr, "mirror connection failed: {e}");
                     }
-                    Err(e) => tracing::debug!(%addr, "mirrored request failed: {e}"),
+                    Err(SendError::Upstream(e)) => {
+                        tracing::debug!(%addr, "mirrored request failed: {e}")
+                    }
                 }
             })
             .await;
@@ -1008,26 +1112,34 @@ impl RequestView for HeaderView<'_> {
 struct InFlight(EndpointCell);
 
 impl InFlight {
-    fn start(cell: EndpointCell) -> InFlight {
-        {
-            let mut state = lock(&cell);
-            state.in_flight = state.in_flight.saturating_add(1);
-        }
-        InFlight(cell)
+    fn start(cell: &EndpointCell) -> InFlight {
+        cell.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(cell))
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut state = lock(&self.0);
-        state.in_flight = state.in_flight.saturating_sub(1);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// An upstream response body that keeps its endpoint's in-flight count while it streams.
+/// An upstream response body that keeps its endpoint's in-flight count while it streams, and
+/// returns its connection to the pool once it has been read to its end.
 struct Tracked {
     inner: Incoming,
+    lease: Option<upstream::Lease>,
     _in_flight: InFlight,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            if let Some(lease) = self.lease.take() {
+                lease.release();
+            }
+        }
+    }
 }
 
 impl Body for Tracked {
@@ -1038,7 +1150,13 @@ impl Body for Tracked {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            if let Some(lease) = self.lease.take() {
+                lease.release();
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1144,18 +1262,20 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {ip}"),
-        None => ip,
+fn add_forwarded(headers: &mut HeaderMap, client: &ClientConn) {
+    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", client.peer.ip())).ok(),
+        None => client.peer_ip.clone(),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", value);
+    if let Some(value) = value {
+        headers.insert(X_FORWARDED_FOR, value);
     }
-    let proto = if tls { "https" } else { "http" };
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    let proto = if client.tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Makes a request's head fit for the HTTP/1.1 upstream. An HTTP/2 request names its host
 /// only in `:authority` (the URI), and may split `Cookie` into several fields (RFC 9113
@@ -1224,13 +1344,45 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
 }
 
 /// Where a request came from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ClientConn {
     /// The listener, which names the application.
     listen: SocketAddr,
     peer: SocketAddr,
+    /// The peer's address as an `X-Forwarded-For` value, rendered once per connection.
+    peer_ip: Option<HeaderValue>,
     /// Over TLS: `X-Forwarded-Proto: https`.
     tls: bool,
+    /// The worker serving the connection, whose upstream pool its requests use.
+    worker: usize,
+}
+
+impl ClientConn {
+    fn new(listen: SocketAddr, peer: SocketAddr, worker: usize) -> ClientConn {
+        ClientConn {
+            listen,
+            peer,
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
+            tls: false,
+            worker,
+        }
+    }
+}
+
+/// A listener on `addr`; with `reuse_port`, one of several on the same address.
+async fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    if !reuse_port {
+        return TcpListener::bind(addr).await;
+    }
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// The streams open on one HTTP/2 client connection and when the last one closed, for its
@@ -1343,12 +1495,19 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends_the_peer_to_an_existing_chain() {
+        let listen = "127.0.0.1:80".parse().unwrap();
         let mut headers = HeaderMap::new();
+        let client = ClientConn::new(listen, "127.0.0.9:4000".parse().unwrap(), 0);
+        add_forwarded(&mut headers, &client);
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.9");
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut headers, "127.0.0.2:4000".parse().unwrap(), false);
+        let client = ClientConn::new(listen, "127.0.0.2:4000".parse().unwrap(), 0);
+        add_forwarded(&mut headers, &client);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.2");
         assert_eq!(headers["x-forwarded-proto"], "http");
-        add_forwarded(&mut headers, "127.0.0.3:4000".parse().unwrap(), true);
+        let mut client = ClientConn::new(listen, "127.0.0.3:4000".parse().unwrap(), 0);
+        client.tls = true;
+        add_forwarded(&mut headers, &client);
         assert_eq!(headers["x-forwarded-proto"], "https");
     }
 

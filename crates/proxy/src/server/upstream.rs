@@ -55,7 +55,7 @@ struct Idle {
 pub enum SendError {
     /// No connection could be made (refused, unreachable, timed out); the request was not
     /// sent and is given back.
-    Connect(std::io::Error, Request<ProxyBody>),
+    Connect(std::io::Error, Box<Request<ProxyBody>>),
     /// The connection failed once the request was handed to it.
     Upstream(hyper::Error),
 }
@@ -123,7 +123,7 @@ impl Pools {
         }
         let mut sender = match self.connect(addr).await {
             Ok(sender) => sender,
-            Err(e) => return Err(SendError::Connect(e, request)),
+            Err(e) => return Err(SendError::Connect(e, Box::new(request))),
         };
         match sender.send_request(request).await {
             Ok(response) => Ok((response, self.lease(worker, addr, sender))),
@@ -141,17 +141,16 @@ impl Pools {
     }
 
     async fn connect(&self, addr: SocketAddr) -> std::io::Result<Sender> {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-        {
-            Ok(connected) => connected?,
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                ))
-            }
-        };
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(connected) => connected?,
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    ))
+                }
+            };
         stream.set_nodelay(true)?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -219,5 +218,75 @@ pub async fn sweeper(pools: std::sync::Weak<Pools>, worker: usize) {
             Some(pools) => pools.sweep(worker),
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn get() -> Request<ProxyBody> {
+        let mut request = Request::new(super::super::empty());
+        request
+            .headers_mut()
+            .insert(http::header::HOST, "test".parse().expect("host"));
+        request
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_answer_was_read_is_reused_by_the_next_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = tokio::spawn(async move {
+            let mut accepted = 0;
+            while let Ok(Ok((mut stream, _))) =
+                tokio::time::timeout(Duration::from_secs(2), listener.accept()).await
+            {
+                accepted += 1;
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            accepted
+        });
+        let pools = Arc::new(Pools::new(1, Duration::from_secs(1)));
+        for _ in 0..3 {
+            let Ok((response, lease)) = pools.send(0, addr, get()).await else {
+                panic!("no response");
+            };
+            let body = response.into_body().collect().await.expect("body");
+            assert_eq!(body.to_bytes(), "ok");
+            lease.release();
+            tokio::task::yield_now().await;
+            assert_eq!(pools.idle(), 1);
+        }
+        assert_eq!(accepted.await.expect("listener"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_gives_the_request_back() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let pools = Arc::new(Pools::new(1, Duration::from_secs(1)));
+        match pools.send(0, addr, get()).await {
+            Err(SendError::Connect(_, request)) => {
+                assert_eq!(request.headers()[http::header::HOST], "test")
+            }
+            _ => panic!("expected a connect error"),
+        }
+        assert_eq!(pools.idle(), 0);
     }
 }
