@@ -73,6 +73,11 @@ pub fn router<R: Runtime + Clone>(controller: Controller<R>, config: ApiConfig) 
     let authed = Router::new()
         .route("/api/v1/status", get(status::<R>))
         .route("/api/v1/apps/{name}", get(app::<R>))
+        .route("/api/v1/apps/{name}/rollout", get(rollout::<R>))
+        .route(
+            "/api/v1/apps/{name}/rollout/{command}",
+            post(rollout_command::<R>),
+        )
         .route("/api/v1/sync", post(sync::<R>))
         .route("/api/v1/diff", get(diff::<R>))
         .route("/api/v1/history", get(history::<R>))
@@ -170,6 +175,57 @@ async fn app<R: Runtime + Clone>(
                 format!("no application named {name} in the applied commit"),
             )
         })
+}
+
+async fn rollout<R: Runtime + Clone>(
+    State(state): State<Shared<R>>,
+    Path(name): Path<String>,
+) -> Result<Json<gauntlet_reconcile::RolloutView>, ApiError> {
+    state.controller.rollout(&name).map(Json).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("application {name} has no rollout: it is unknown or has no strategy"),
+        )
+    })
+}
+
+/// `promote`, `promote-full`, `abort`, `retry`, `pause` or `resume`, recorded with the caller.
+async fn rollout_command<R: Runtime + Clone>(
+    State(state): State<Shared<R>>,
+    Path((name, command)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    use gauntlet_rollout::engine::CommandKind;
+    let kind = match command.as_str() {
+        "promote" => CommandKind::Promote,
+        "promote-full" => CommandKind::PromoteFull,
+        "abort" => CommandKind::Abort,
+        "retry" => CommandKind::Retry,
+        "pause" => CommandKind::Pause,
+        "resume" => CommandKind::Resume,
+        other => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown rollout command `{other}`: use promote, promote-full, abort, retry, pause or resume"
+                ),
+            ))
+        }
+    };
+    state
+        .controller
+        .rollout_command(&name, kind, &user(&headers))
+        .await
+        .map_err(|e| match e {
+            gauntlet_reconcile::controller::ControllerError::NoRollout(_) => {
+                ApiError(StatusCode::NOT_FOUND, e.to_string())
+            }
+            other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"status": format!("{command} requested")})),
+    ))
 }
 
 async fn sync<R: Runtime + Clone>(

@@ -239,7 +239,7 @@ pub fn schema() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_structured<T: Serialize>(
+pub(crate) fn print_structured<T: Serialize>(
     value: &T,
     output: Output,
     table: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,

@@ -16,6 +16,7 @@ mod flags_cmd;
 mod load;
 mod paths;
 mod proxy_cmd;
+mod rollout_cmd;
 mod up;
 
 /// GitOps, progressive delivery, chaos and feature flags in one binary.
@@ -102,6 +103,10 @@ enum Command {
     /// The feature flags the controller serves: list them, show one, evaluate one.
     #[command(subcommand)]
     Flags(flags_cmd::FlagsCommand),
+    /// Watch and steer progressive delivery: get [--watch], promote [--full], abort, retry,
+    /// pause, resume.
+    #[command(subcommand)]
+    Rollout(rollout_cmd::RolloutCommand),
     /// Run the whole loop on a temporary repository and show each stage.
     Demo(demo::DemoArgs),
     /// A small HTTP service whose knobs make good and bad releases, for demos and tests.
@@ -139,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { path } => commands::validate(&path),
         Command::Schema => commands::schema(),
         Command::Flags(command) => flags_cmd::run(&state_dir()?, command),
+        Command::Rollout(command) => rollout_cmd::run(&state_dir()?, command),
         Command::Demo(args) => demo::run(args),
         Command::DemoApp(args) => demo_app::run(args),
         Command::Proxy(args) => proxy_cmd::run(args, state_dir()?),

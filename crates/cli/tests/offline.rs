@@ -53,13 +53,88 @@ fn schema_is_json_describing_the_application_kind() {
     let text = String::from_utf8_lossy(&out.stdout);
     let _: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert!(text.contains("replicas") && text.contains("httpGet"));
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let definitions = &schema["$defs"];
+    assert!(definitions["ApplicationSpec"]["properties"]["strategy"].is_object());
+    assert!(definitions["AnalysisTemplate"].is_object(), "{text}");
+    assert!(definitions["CanarySpec"].is_object() && definitions["BlueGreenSpec"].is_object());
+}
+
+/// An application rolled out by canary, and the template its analysis step names.
+const CANARY: &str = "\
+apiVersion: gauntlet.dev/v1alpha1
+kind: Application
+metadata: {name: checkout}
+spec:
+  process: {command: [checkout]}
+  service: {listen: '127.0.0.1:18080'}
+  onFailure: rollback
+  strategy:
+    canary:
+      steps:
+      - setWeight: 5
+      - pause: {duration: 30s}
+      - analysis: {templates: [{templateName: success-rate}]}
+      - setWeight: 50
+      - pause: {}
+      guard: {maxErrorRate: 0.05}
+---
+apiVersion: gauntlet.dev/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: success-rate}
+spec:
+  metrics:
+  - name: error-rate
+    interval: 10s
+    count: 3
+    successCondition: result < 0.01
+    provider: {builtin: {metric: errorRate}}
+";
+
+#[test]
+fn validate_checks_strategies_and_the_templates_they_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkout.yaml");
+    std::fs::write(&path, CANARY).unwrap();
+    let ok = Command::new(BIN)
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let bad = CANARY
+        .replace("templateName: success-rate", "templateName: sucess-rate")
+        .replace("- setWeight: 50", "- chaos: {experiment: kill-one}");
+    std::fs::write(&path, bad).unwrap();
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "checkout.yaml:13:33: spec.strategy.canary.steps[2].analysis.templates[0].templateName: \
+             unknown AnalysisTemplate `sucess-rate`"
+        ) && err.contains(
+            "checkout.yaml:14:9: spec.strategy.canary.steps[3].chaos: the chaos step is not \
+             supported yet"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn every_subcommand_has_help() {
     for cmd in [
         "up", "down", "status", "sync", "diff", "history", "logs", "validate", "schema", "demo",
-        "demo-app", "proxy", "load", "flags",
+        "demo-app", "proxy", "load", "flags", "rollout",
     ] {
         let out = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");

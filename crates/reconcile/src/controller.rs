@@ -34,12 +34,16 @@ use tokio::sync::{watch, Notify};
 
 use crate::foreign;
 use crate::live::{self, Readings};
+use crate::measure::{self, MeasureContext};
 use crate::plan::{plan, Action, Cause, Health, Plan, SyncStatus};
+use crate::plan::{plan_with, RolloutTargets};
 use crate::proxy_link::{LinkError, ProxyLink};
+use crate::rollouts::{self, AppRollout, Pending};
 use crate::status::{
-    AppStatus, Change, CommitInfo, Diff, Rejected, SourceStatus, Status, TrafficShare,
+    AppStatus, Change, CommitInfo, Diff, Rejected, RolloutView, SourceStatus, Status, TrafficShare,
 };
 use crate::traffic;
+use gauntlet_rollout::engine::{self, Traffic};
 
 const SNAPSHOT_KEY: &str = "source.snapshot";
 const REJECTED_KEY: &str = "source.rejected";
@@ -146,6 +150,8 @@ pub enum ControllerError {
     Timeout(&'static str),
     #[error("internal task failed: {0}")]
     Task(String),
+    #[error("application {0} has no rollout: it is unknown or has no strategy")]
+    NoRollout(String),
 }
 
 struct Inner<R> {
@@ -169,6 +175,10 @@ struct Inner<R> {
     traffic: tokio::sync::Mutex<()>,
     /// The proxy's counters over the last window.
     live: Mutex<Readings>,
+    /// Each application under a rollout: its committed state and what awaits the next step.
+    rollouts: Mutex<BTreeMap<String, (AppRollout, Pending)>>,
+    /// The traffic each rollout asks the proxy for, as of the last step.
+    rollout_traffic: RwLock<BTreeMap<String, Traffic>>,
     /// Remembers parsed files, so a commit re-reads only the files it changed.
     parser: Mutex<Parser>,
     /// The flags OFREP serves; readers clone the `Arc` and evaluate without holding the lock.
@@ -261,6 +271,8 @@ impl<R: Runtime + Clone> Controller<R> {
                 proxy: config.proxy,
                 traffic: tokio::sync::Mutex::new(()),
                 live: Mutex::new(Readings::default()),
+                rollouts: Mutex::new(BTreeMap::new()),
+                rollout_traffic: RwLock::new(BTreeMap::new()),
                 parser: Mutex::new(parser),
                 flags: RwLock::new(Arc::new(flags)),
                 flags_changed: watch::channel(0).0,
@@ -642,7 +654,11 @@ impl<R: Runtime + Clone> Controller<R> {
             return;
         };
         let observed = self.observed();
-        let planned = plan(&desired, &observed);
+        let Some(rollout_targets) = self.step_rollouts(&desired, &observed).await else {
+            let _ = self.audit(intent).await;
+            return;
+        };
+        let planned = plan_with(&desired, &observed, &rollout_targets);
         // Health changes first: a dependency becoming healthy is what lets its dependents
         // start in this same pass, and the log must read in that order.
         intent.extend(write(&self.inner.state).refresh(&desired, &planned, &observed, &commit));
@@ -727,6 +743,198 @@ impl<R: Runtime + Clone> Controller<R> {
         self.push_traffic().await;
     }
 
+    /// Steps the rollout of every application with a strategy and commits the new states,
+    /// with the records of their events, before anything acts on them. `None` when the
+    /// store refused the commit: nothing is done this pass.
+    async fn step_rollouts(
+        &self,
+        desired: &DesiredState,
+        observed: &[gauntlet_runtime::Instance],
+    ) -> Option<BTreeMap<String, RolloutTargets>> {
+        let now = now_ms();
+        let mut targets = BTreeMap::new();
+        let mut puts: Vec<(String, String)> = Vec::new();
+        let mut records = Vec::new();
+        let mut traffic = BTreeMap::new();
+        let mut measurements = Vec::new();
+        {
+            let live = lock(&self.inner.live);
+            let mut rollouts = lock(&self.inner.rollouts);
+            rollouts.retain(|name, _| {
+                desired
+                    .applications
+                    .get(name)
+                    .is_some_and(|d| d.value.spec.strategy.is_some())
+            });
+            for (name, declared) in &desired.applications {
+                let Some(strategy) = &declared.value.spec.strategy else {
+                    continue;
+                };
+                let instances: Vec<&gauntlet_runtime::Instance> = observed
+                    .iter()
+                    .filter(|i| &i.app == name && i.phase != gauntlet_runtime::Phase::Stopping)
+                    .collect();
+                let (rollout, pending) = rollouts.entry(name.clone()).or_insert_with(|| match self
+                    .inner
+                    .store
+                    .get::<AppRollout>(&rollouts::store_key(name))
+                {
+                    Ok(Some(r)) => (
+                        r,
+                        Pending {
+                            restarted: true,
+                            ..Pending::default()
+                        },
+                    ),
+                    _ => (AppRollout::seeded(&instances), Pending::default()),
+                });
+                let spec = rollouts::spec(
+                    declared.value.spec.replicas,
+                    strategy,
+                    desired.templates_of(name),
+                );
+                let steps = match strategy {
+                    gauntlet_rollout::engine::Strategy::Canary(c) => c.steps.len(),
+                    gauntlet_rollout::engine::Strategy::BlueGreen(_) => 1,
+                };
+                let obs = rollouts::observations(
+                    rollout,
+                    pending,
+                    &declared.revision,
+                    &instances,
+                    &live.latest(name),
+                );
+                let step = engine::step(&spec, &rollout.state, &obs, now);
+                let before = rollout.clone();
+                records.extend(rollouts::absorb(rollout, name, &step));
+                // The time of the last step alone is not worth a write every pass.
+                let mut unchanged = rollout.clone();
+                unchanged.state.last_step_ms = before.state.last_step_ms;
+                if unchanged != before || !records.is_empty() {
+                    if let Ok(json) = serde_json::to_string(&*rollout) {
+                        puts.push((rollouts::store_key(name), json));
+                    }
+                }
+                for action in &step.actions {
+                    if let engine::Action::Measure {
+                        run,
+                        metric,
+                        provider,
+                    } = action
+                    {
+                        let context = MeasureContext::from_readings(
+                            name,
+                            rollout.state.stable.as_deref(),
+                            rollout.state.candidate.as_deref(),
+                            &live,
+                        );
+                        measurements.push((
+                            name.clone(),
+                            run.clone(),
+                            metric.clone(),
+                            provider.clone(),
+                            context,
+                        ));
+                    }
+                }
+                targets.insert(name.clone(), rollout.targets(&declared.revision, steps));
+                traffic.insert(name.clone(), rollout.state.traffic.clone());
+            }
+        }
+        if !puts.is_empty() || !records.is_empty() {
+            let store = self.inner.store.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let refs: Vec<(&str, &str)> =
+                    puts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                store.commit(&refs, records)
+            })
+            .await;
+            if let Err(e) = flatten(written) {
+                tracing::error!("cannot commit the rollouts' state; not acting this pass: {e}");
+                return None;
+            }
+        }
+        *write(&self.inner.rollout_traffic) = traffic;
+        for (app, run, metric, provider, context) in measurements {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let outcome = measure::measure(&provider, &context).await;
+                let result = engine::MeasurementResult {
+                    run,
+                    metric,
+                    at_ms: now_ms(),
+                    outcome,
+                };
+                if let Some((_, pending)) = lock(&this.inner.rollouts).get_mut(&app) {
+                    pending.measurements.push(result);
+                }
+                this.inner.reconcile_now.notify_one();
+            });
+        }
+        Some(targets)
+    }
+
+    /// The rollout of `app` as `gauntlet rollout get` shows it; `None` when the application
+    /// has no strategy (or is unknown).
+    pub fn rollout(&self, app: &str) -> Option<RolloutView> {
+        let desired = read(&self.inner.state).desired.clone()?;
+        let declared = desired.applications.get(app)?;
+        let strategy = declared.value.spec.strategy.as_ref()?;
+        let rollouts = lock(&self.inner.rollouts);
+        let (rollout, _) = rollouts.get(app)?;
+        let guard = match strategy {
+            engine::Strategy::Canary(c) if rollout.state.candidate.is_some() => {
+                Some(rollout.state.guard.evidence(&c.guard))
+            }
+            _ => None,
+        };
+        let steps = match strategy {
+            engine::Strategy::Canary(c) => c.steps.len(),
+            engine::Strategy::BlueGreen(_) => 0,
+        };
+        let live = lock(&self.inner.live);
+        let rates = |r: &Option<String>| r.as_deref().and_then(|r| live.rates(app, r));
+        Some(RolloutView {
+            app: app.to_string(),
+            desired: declared.revision.clone(),
+            steps,
+            stable_rates: rates(&rollout.state.stable),
+            candidate_rates: rates(&rollout.state.candidate),
+            guard,
+            state: rollout.state.clone(),
+        })
+    }
+
+    /// Queues an operator's command for `app`'s rollout and records it with its actor.
+    pub async fn rollout_command(
+        &self,
+        app: &str,
+        kind: engine::CommandKind,
+        actor: &str,
+    ) -> Result<(), ControllerError> {
+        {
+            let rollouts = lock(&self.inner.rollouts);
+            if !rollouts.contains_key(app) {
+                return Err(ControllerError::NoRollout(app.to_string()));
+            }
+        }
+        self.audit(vec![AuditRecord::now(
+            Actor::User(actor.to_string()),
+            app,
+            "rollout-command",
+            format!("{kind:?} requested"),
+        )])
+        .await?;
+        if let Some((_, pending)) = lock(&self.inner.rollouts).get_mut(app) {
+            pending.commands.push(engine::Command {
+                kind,
+                actor: actor.to_string(),
+            });
+        }
+        self.inner.reconcile_now.notify_one();
+        Ok(())
+    }
+
     /// Reads the proxy's counters every [`live::READ_EVERY`] into the live window.
     async fn metrics_loop(self) {
         let Some(link) = self.inner.proxy.clone() else {
@@ -737,7 +945,13 @@ impl<R: Runtime + Clone> Controller<R> {
         loop {
             ticks.tick().await;
             match link.metrics().await {
-                Ok(reading) => lock(&self.inner.live).record(now_ms(), &reading),
+                Ok(reading) => {
+                    lock(&self.inner.live).record(now_ms(), &reading);
+                    // A candidate taking traffic is judged on every reading.
+                    if !lock(&self.inner.rollouts).is_empty() {
+                        self.inner.reconcile_now.notify_one();
+                    }
+                }
                 Err(e) => tracing::debug!("cannot read the proxy's metrics: {e}"),
             }
         }
@@ -768,7 +982,8 @@ impl<R: Runtime + Clone> Controller<R> {
         for _ in 0..=desired.applications.len().min(16) {
             let mut excluded = conflicts.clone();
             excluded.extend(link.unbindable());
-            let routes = traffic::routes(&desired, &self.observed(), &excluded);
+            let rollouts = read(&self.inner.rollout_traffic).clone();
+            let routes = traffic::routes_with(&desired, &self.observed(), &excluded, &rollouts);
             match link.push(routes.clone()).await {
                 Ok(pushed) => {
                     let records = pushed

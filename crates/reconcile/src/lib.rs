@@ -11,11 +11,15 @@
 pub mod controller;
 pub mod foreign;
 pub mod live;
+pub mod measure;
 pub mod plan;
 pub mod proxy_link;
+pub mod rollouts;
 pub mod status;
 pub mod traffic;
 
 pub use controller::{Controller, ControllerConfig, ServedFlags};
 pub use plan::{plan, Action, AppPlan, Cause, Health, Plan, SyncStatus};
-pub use status::{AppStatus, Change, CommitInfo, Diff, Rejected, SourceStatus, Status};
+pub use status::{
+    AppStatus, Change, CommitInfo, Diff, Rejected, RolloutView, SourceStatus, Status,
+};

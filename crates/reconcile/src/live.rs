@@ -59,6 +59,15 @@ impl Readings {
         self.by_revision = kept;
     }
 
+    /// The newest reading of every revision of `app`.
+    pub fn latest(&self, app: &str) -> BTreeMap<String, MetricsSnapshot> {
+        self.by_revision
+            .iter()
+            .filter(|((a, _), _)| a == app)
+            .filter_map(|((_, revision), series)| Some((revision.clone(), series.back()?.1)))
+            .collect()
+    }
+
     /// The rates of one revision over the window; `None` before two readings.
     pub fn rates(&self, app: &str, revision: &str) -> Option<RevisionRates> {
         let series = self

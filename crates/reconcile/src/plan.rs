@@ -118,8 +118,32 @@ pub struct Plan {
     pub pruned: BTreeSet<String>,
 }
 
+/// What a rollout wants of an application, overriding the default update: instances per
+/// revision, and the health the rollout reports (paused, rolled back).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RolloutTargets {
+    /// Instances each revision must have; a revision not named here is stopped (drained).
+    /// Only the desired revision can be started (its process comes from Git).
+    pub replicas: BTreeMap<String, u32>,
+    /// The revision serving users now (stable, or the promoted candidate).
+    pub active: String,
+    /// Overrides the computed health unless an instance is failing.
+    pub health: Option<Health>,
+    /// Git's revision serves everything and nothing else runs.
+    pub complete: bool,
+}
+
 /// Diffs what Git asks for against what runs.
 pub fn plan(desired: &DesiredState, observed: &[Instance]) -> Plan {
+    plan_with(desired, observed, &BTreeMap::new())
+}
+
+/// [`plan`], with the applications under a rollout following their [`RolloutTargets`].
+pub fn plan_with(
+    desired: &DesiredState,
+    observed: &[Instance],
+    rollouts: &BTreeMap<String, RolloutTargets>,
+) -> Plan {
     let mut by_app: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
     for inst in observed {
         by_app.entry(inst.app.as_str()).or_default().push(inst);
@@ -153,6 +177,22 @@ pub fn plan(desired: &DesiredState, observed: &[Instance]) -> Plan {
             .filter(|dep| !out.apps.get(*dep).is_some_and(|p| p.health.is_healthy()))
             .map(String::as_str)
             .collect();
+
+        if let Some(targets) = rollouts.get(&name) {
+            let (actions, app_plan) = plan_rollout(
+                &name,
+                app,
+                &revision,
+                replicas,
+                current,
+                old,
+                &blocked_by,
+                targets,
+            );
+            out.apps.insert(name.clone(), app_plan);
+            out.actions.extend(actions);
+            continue;
+        }
 
         let mut actions = Vec::new();
         if current.len() < replicas && blocked_by.is_empty() {
@@ -247,6 +287,94 @@ pub fn plan(desired: &DesiredState, observed: &[Instance]) -> Plan {
         }
     }
     out
+}
+
+/// One application under a rollout: each revision gets the instances its targets name.
+#[allow(clippy::too_many_arguments)]
+fn plan_rollout(
+    name: &str,
+    app: &gauntlet_spec::Application,
+    revision: &str,
+    replicas: usize,
+    current: Vec<&Instance>,
+    old: Vec<&Instance>,
+    blocked_by: &[&str],
+    targets: &RolloutTargets,
+) -> (Vec<Action>, AppPlan) {
+    let mut by_revision: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
+    for inst in current.iter().chain(old.iter()) {
+        by_revision
+            .entry(inst.revision.as_str())
+            .or_default()
+            .push(inst);
+    }
+    for rev in targets.replicas.keys() {
+        by_revision.entry(rev.as_str()).or_default();
+    }
+    let mut actions = Vec::new();
+    for (rev, mut instances) in by_revision {
+        let want = targets.replicas.get(rev).copied().unwrap_or(0) as usize;
+        if instances.len() < want && rev == revision && blocked_by.is_empty() {
+            let cause = if instances.is_empty() {
+                Cause::Update {
+                    from: vec![targets.active.clone()],
+                    to: revision.to_string(),
+                }
+            } else {
+                Cause::Scale {
+                    from: instances.len(),
+                    to: want,
+                }
+            };
+            for _ in instances.len()..want {
+                actions.push(Action::Start {
+                    spec: Box::new(InstanceSpec {
+                        app: name.to_string(),
+                        revision: revision.to_string(),
+                        process: app.spec.process.clone(),
+                        readiness: app.spec.readiness.clone(),
+                    }),
+                    cause: cause.clone(),
+                });
+            }
+        } else if instances.len() > want {
+            instances.sort_by_key(|i| (i.is_ready(), std::cmp::Reverse(i.created_ms)));
+            let cause = if want == 0 {
+                Cause::Replaced {
+                    by: targets.active.clone(),
+                }
+            } else {
+                Cause::Scale {
+                    from: instances.len(),
+                    to: want,
+                }
+            };
+            for inst in &instances[..instances.len() - want] {
+                actions.push(stop(inst, cause.clone()));
+            }
+        }
+    }
+    let ready = current.iter().filter(|i| i.is_ready()).count();
+    let computed = health(&current, &[], replicas, ready, blocked_by);
+    let health = match (&computed, &targets.health) {
+        (Health::Degraded(_), _) | (_, None) => computed,
+        (_, Some(h)) => h.clone(),
+    };
+    let sync = if targets.complete && actions.is_empty() && old.is_empty() {
+        SyncStatus::Synced
+    } else {
+        SyncStatus::OutOfSync
+    };
+    let plan = AppPlan {
+        revision: revision.to_string(),
+        replicas,
+        ready,
+        current: current.len(),
+        old: old.len(),
+        sync,
+        health,
+    };
+    (actions, plan)
 }
 
 fn stop(inst: &Instance, cause: Cause) -> Action {
@@ -516,5 +644,80 @@ mod tests {
         let p = plan(&d, &[]);
         assert_eq!(p.apps["web"].health, Health::Healthy);
         assert_eq!(p.apps["web"].sync, SyncStatus::Synced);
+    }
+
+    fn targets(pairs: &[(&str, u32)], active: &str) -> BTreeMap<String, RolloutTargets> {
+        BTreeMap::from([(
+            "web".to_string(),
+            RolloutTargets {
+                replicas: pairs.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+                active: active.into(),
+                health: Some(Health::Progressing("canary at step 1 of 3".into())),
+                complete: false,
+            },
+        )])
+    }
+
+    #[test]
+    fn a_rollout_starts_the_candidate_beside_a_stable_it_keeps() {
+        let d = desired(&app("web", "v2", 2, &[]));
+        let new = d.applications["web"].revision.clone();
+        let observed = [
+            inst("web", "stable", 1, Phase::Ready),
+            inst("web", "stable", 2, Phase::Ready),
+        ];
+        let p = plan_with(
+            &d,
+            &observed,
+            &targets(&[("stable", 2), (&new, 2)], "stable"),
+        );
+        assert_eq!(starts(&p), 2);
+        assert!(
+            stops(&p).is_empty(),
+            "stable keeps running during the canary"
+        );
+        assert_eq!(
+            p.apps["web"].health,
+            Health::Progressing("canary at step 1 of 3".into())
+        );
+        assert_eq!(p.apps["web"].sync, SyncStatus::OutOfSync);
+    }
+
+    #[test]
+    fn an_aborted_candidate_is_stopped_and_not_started_again() {
+        let d = desired(&app("web", "v2", 1, &[]));
+        let new = d.applications["web"].revision.clone();
+        let observed = [
+            inst("web", "stable", 1, Phase::Ready),
+            inst("web", &new, 2, Phase::Ready),
+        ];
+        let mut t = targets(&[("stable", 1)], "stable");
+        let degraded = Health::Degraded(format!("rolled back: revision {new} failed its guard"));
+        t.get_mut("web").unwrap().health = Some(degraded.clone());
+        let p = plan_with(&d, &observed, &t);
+        assert_eq!(starts(&p), 0);
+        assert_eq!(stops(&p), vec![format!("web-{new}-2").as_str()]);
+        assert_eq!(p.apps["web"].health, degraded);
+    }
+
+    #[test]
+    fn a_crash_looping_candidate_shows_through_the_rollouts_health() {
+        let d = desired(&app("web", "v2", 1, &[]));
+        let new = d.applications["web"].revision.clone();
+        let crashing = Phase::CrashLoop {
+            last_exit: "exit status 1".into(),
+            log_tail: vec!["boom".into()],
+            next_start_ms: 0,
+        };
+        let observed = [
+            inst("web", "stable", 1, Phase::Ready),
+            inst("web", &new, 2, crashing),
+        ];
+        let p = plan_with(
+            &d,
+            &observed,
+            &targets(&[("stable", 1), (&new, 1)], "stable"),
+        );
+        assert!(matches!(p.apps["web"].health, Health::Degraded(_)));
     }
 }

@@ -149,3 +149,21 @@ pub struct Change {
     pub action: String,
     pub detail: String,
 }
+
+/// One application's rollout, as `gauntlet rollout get` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutView {
+    pub app: String,
+    /// The revision Git asks for.
+    pub desired: String,
+    /// Steps of the canary (0 for blue/green).
+    pub steps: usize,
+    /// The engine's committed state: phase, stable, candidate, step, traffic, pause, analysis
+    /// runs, the abort with its evidence.
+    pub state: gauntlet_rollout::engine::RolloutState,
+    /// The sequential guard's progress toward either boundary, while a candidate runs.
+    pub guard: Option<gauntlet_rollout::guard::GuardEvidence>,
+    pub stable_rates: Option<crate::live::RevisionRates>,
+    pub candidate_rates: Option<crate::live::RevisionRates>,
+}

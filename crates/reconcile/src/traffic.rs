@@ -22,7 +22,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
-use gauntlet_proxy::config::{AppRoute, Endpoint, RevisionRoute, TlsFiles, TOTAL_WEIGHT};
+use gauntlet_proxy::config::{
+    AppRoute, Endpoint, MatchKind, MatchOn, MatchRule, Mirror, RevisionRoute, TlsFiles,
+    TOTAL_WEIGHT,
+};
+use gauntlet_rollout::engine::{StringMatch, Traffic};
 use gauntlet_runtime::{Instance, Phase};
 use gauntlet_spec::DesiredState;
 
@@ -31,6 +35,16 @@ pub fn routes(
     desired: &DesiredState,
     observed: &[Instance],
     excluded: &BTreeSet<String>,
+) -> Vec<AppRoute> {
+    routes_with(desired, observed, excluded, &BTreeMap::new())
+}
+
+/// [`routes`], with the applications under a rollout split as their rollout says.
+pub fn routes_with(
+    desired: &DesiredState,
+    observed: &[Instance],
+    excluded: &BTreeSet<String>,
+    rollouts: &BTreeMap<String, Traffic>,
 ) -> Vec<AppRoute> {
     let mut by_app: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
     for inst in observed {
@@ -48,7 +62,13 @@ pub fn routes(
             continue;
         };
         let instances = by_app.get(name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        if let Some(preview) = preview_route(name, &declared.value, rollouts.get(name), instances) {
+            out.push(preview);
+        }
         if let Some(mut route) = route(name, listen, &declared.revision, instances) {
+            if let Some(traffic) = rollouts.get(name) {
+                apply_rollout(&mut route, traffic);
+            }
             route.tls = service.tls.as_ref().map(|t| TlsFiles {
                 cert_file: t.cert_file.clone().into(),
                 key_file: t.key_file.clone().into(),
@@ -99,6 +119,87 @@ fn route(
         faults: Vec::new(),
         tls: None,
     })
+}
+
+/// Blue/green's preview: the revision the rollout previews, alone on `previewListen`, as the
+/// application `{name}.preview` (a name no application can have, so it never collides).
+fn preview_route(
+    name: &str,
+    app: &gauntlet_spec::Application,
+    traffic: Option<&Traffic>,
+    instances: &[&Instance],
+) -> Option<AppRoute> {
+    let revision = traffic?.preview.as_deref()?;
+    let Some(gauntlet_rollout::engine::Strategy::BlueGreen(bg)) = &app.spec.strategy else {
+        return None;
+    };
+    let listen: SocketAddr = bg.preview_listen.as_deref()?.parse().ok()?;
+    let only: Vec<&Instance> = instances
+        .iter()
+        .copied()
+        .filter(|i| i.revision == revision)
+        .collect();
+    route(&format!("{name}.preview"), listen, revision, &only)
+}
+
+/// Sets the weights, header route and mirror of a rollout on an application's route. A
+/// revision the rollout weights but that has no serving endpoint (yet, or any more) gives its
+/// weight to the other, so the proxy never routes to nothing while something can serve.
+fn apply_rollout(route: &mut AppRoute, traffic: &Traffic) {
+    let candidate = traffic.candidate.as_deref().unwrap_or("");
+    let serves = |r: &RevisionRoute| r.endpoints.iter().any(|e| !e.draining);
+    let has = |name: &str| route.revisions.iter().any(|r| r.name == name && serves(r));
+    let (active_ok, candidate_ok) = (has(&traffic.active), has(candidate));
+    let candidate_weight = match (active_ok, candidate_ok) {
+        (true, true) => traffic.candidate_weight.min(TOTAL_WEIGHT),
+        (false, true) => TOTAL_WEIGHT,
+        _ => 0,
+    };
+    if !active_ok && !candidate_ok {
+        // Nothing the rollout names can serve: keep the split by ready instances.
+        return;
+    }
+    for r in &mut route.revisions {
+        r.weight = if r.name == traffic.active && active_ok {
+            TOTAL_WEIGHT - candidate_weight
+        } else if r.name == candidate && candidate_ok {
+            candidate_weight
+        } else {
+            0
+        };
+    }
+    if candidate_ok {
+        if let Some(header_route) = &traffic.header_route {
+            route.matches = header_route
+                .matches
+                .iter()
+                .filter_map(|m| {
+                    let on = match (&m.header, &m.cookie) {
+                        (Some(h), None) => MatchOn::Header(h.clone()),
+                        (None, Some(c)) => MatchOn::Cookie(c.clone()),
+                        _ => return None,
+                    };
+                    let (kind, value) = match &m.value {
+                        StringMatch::Exact(v) => (MatchKind::Exact, v.clone()),
+                        StringMatch::Prefix(v) => (MatchKind::Prefix, v.clone()),
+                        StringMatch::Regex(v) => (MatchKind::Regex, v.clone()),
+                    };
+                    Some(MatchRule {
+                        on,
+                        kind,
+                        value,
+                        revision: candidate.to_string(),
+                    })
+                })
+                .collect();
+        }
+        if traffic.mirror_percent > 0 {
+            route.mirror = Some(Mirror {
+                revision: candidate.to_string(),
+                percent: (traffic.mirror_percent * 100).min(TOTAL_WEIGHT),
+            });
+        }
+    }
 }
 
 fn revision(name: &str, mut endpoints: Vec<Endpoint>) -> RevisionRoute {

@@ -50,6 +50,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -62,7 +63,7 @@ pub const ERROR_RETRY_MS: u64 = 10_000;
 pub const DEFAULT_CONSECUTIVE_ERROR_LIMIT: u32 = 4;
 
 /// A duration written as in a manifest (`"10s"`, `"1m30s"`), parsed with humantime.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "String", into = "String")]
 pub struct DurationStr {
     text: String,
@@ -101,7 +102,7 @@ impl fmt::Display for DurationStr {
 }
 
 /// The `spec` of an `AnalysisTemplate` document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AnalysisTemplateSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -113,7 +114,7 @@ pub struct AnalysisTemplateSpec {
 }
 
 /// A template argument, with an optional default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ArgSpec {
     pub name: String,
@@ -122,14 +123,14 @@ pub struct ArgSpec {
 }
 
 /// `dryRun: [{metricName: error-rate}]`; `"*"` names every metric.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DryRun {
     pub metric_name: String,
 }
 
 /// One metric of a template.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MetricSpec {
     pub name: String,
@@ -181,7 +182,7 @@ impl MetricSpec {
 }
 
 /// Where a measurement comes from. The shell implements these; the core only carries them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Provider {
     /// The proxy's own per-revision metrics.
@@ -191,7 +192,7 @@ pub enum Provider {
     Command(CommandProvider),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BuiltinProvider {
     /// `errorRate`, `requestRate`, `latencyP50`, `latencyP99`, …: the shell defines the list.
@@ -203,14 +204,14 @@ pub struct BuiltinProvider {
     pub window: Option<DurationStr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PrometheusProvider {
     pub address: String,
     pub query: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebProvider {
     pub url: String,
@@ -222,7 +223,7 @@ pub struct WebProvider {
     pub timeout: Option<DurationStr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CommandProvider {
     pub command: Vec<String>,
@@ -231,14 +232,14 @@ pub struct CommandProvider {
 }
 
 /// `{templateName: success-rate}` in an `analysis` step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TemplateRef {
     pub template_name: String,
 }
 
 /// An argument passed by a step to its templates.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Arg {
     pub name: String,

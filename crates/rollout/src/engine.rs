@@ -56,6 +56,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -91,14 +92,14 @@ pub struct RolloutSpec {
 }
 
 /// `spec.strategy` of an `Application`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Strategy {
     Canary(CanarySpec),
     BlueGreen(BlueGreenSpec),
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CanarySpec {
     #[serde(default)]
@@ -115,7 +116,7 @@ pub struct CanarySpec {
 }
 
 /// One canary step; exactly one key, as in Argo Rollouts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum CanaryStep {
     /// Percent of traffic to the candidate; fractions down to 0.01 are kept.
@@ -128,14 +129,14 @@ pub enum CanaryStep {
     Chaos(ChaosStep),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PauseStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<DurationStr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AnalysisStep {
     pub templates: Vec<TemplateRef>,
@@ -143,7 +144,7 @@ pub struct AnalysisStep {
     pub args: Vec<Arg>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackgroundAnalysis {
     pub templates: Vec<TemplateRef>,
@@ -155,14 +156,14 @@ pub struct BackgroundAnalysis {
 }
 
 /// Requests matching every entry go to the candidate (A/B). An empty `match` removes the route.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderRoute {
     #[serde(rename = "match", default)]
     pub matches: Vec<RouteMatch>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteMatch {
     /// A header name, or `cookie:NAME` for a cookie.
@@ -173,7 +174,7 @@ pub struct RouteMatch {
     pub value: StringMatch,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum StringMatch {
     Exact(String),
@@ -183,19 +184,19 @@ pub enum StringMatch {
 
 /// A copy of `percent` % of stable's requests goes to the candidate; responses are dropped.
 /// `percent: 0` removes the mirror.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MirrorRoute {
     pub percent: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChaosStep {
     pub experiment: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BlueGreenSpec {
     /// Where the proxy serves the candidate before promotion.

@@ -60,6 +60,7 @@
 //! test catches regressions that push requests past that bound, not ones that stay inside the
 //! p99's bucket. Until the threshold is known, candidate deltas are not counted by this test.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -147,7 +148,7 @@ impl LatencyHistogram {
 
 /// The guard's configuration (`strategy.canary.guard` in a manifest). Every field has a
 /// default, so `guard: {}` is the default guard.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct GuardConfig {
     /// The guard is on unless disabled.
@@ -186,7 +187,7 @@ impl Default for GuardConfig {
 }
 
 /// The latency half of the guard.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LatencyGuardConfig {
     pub enabled: bool,

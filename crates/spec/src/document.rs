@@ -8,24 +8,30 @@
 use std::fmt;
 
 use crate::diagnostic::Diagnostic;
-use crate::model::{Application, FeatureFlags};
+use crate::model::{AnalysisTemplate, Application, FeatureFlags};
 use crate::parse::{self, Chunk};
 
 /// A known value of a document's `kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Application,
+    AnalysisTemplate,
     FeatureFlags,
 }
 
 impl Kind {
     /// Every kind, in the order they are listed to users.
-    pub const ALL: &'static [Kind] = &[Kind::Application, Kind::FeatureFlags];
+    pub const ALL: &'static [Kind] = &[
+        Kind::Application,
+        Kind::AnalysisTemplate,
+        Kind::FeatureFlags,
+    ];
 
     /// The spelling used in manifests.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Application => "Application",
+            Kind::AnalysisTemplate => "AnalysisTemplate",
             Kind::FeatureFlags => "FeatureFlags",
         }
     }
@@ -39,6 +45,9 @@ impl Kind {
     pub(crate) fn parse(self, file: &str, chunk: &Chunk<'_>) -> Result<Document, Diagnostic> {
         match self {
             Kind::Application => parse::deserialize(file, chunk).map(Document::Application),
+            Kind::AnalysisTemplate => {
+                parse::deserialize(file, chunk).map(Document::AnalysisTemplate)
+            }
             Kind::FeatureFlags => {
                 parse::deserialize_json_like(file, chunk).map(Document::FeatureFlags)
             }
@@ -59,6 +68,7 @@ impl fmt::Display for Kind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Document {
     Application(Application),
+    AnalysisTemplate(AnalysisTemplate),
     FeatureFlags(FeatureFlags),
 }
 

@@ -12,11 +12,15 @@
 //!   sets (checked by `gauntlet-flags`, problems placed at their line), and merges the sets of
 //!   a tree into one store; a flag key defined twice is an error naming both places.
 //! - `validate.rs` checks what types cannot say: names, digests, addresses, probes, unique
-//!   names and listen addresses, and an acyclic `dependsOn` graph. Any problem rejects the whole
-//!   tree, so a half-valid commit is never applied.
-//! - The result is a [`DesiredState`] (`state.rs`); [`Application::revision`] (`revision.rs`)
-//!   names what a rollout moves between, and [`schema`] (`schema.rs`) describes the documents
-//!   for editors.
+//!   names and listen addresses, and an acyclic `dependsOn` graph. `strategy.rs` does the same
+//!   for `spec.strategy` (the `gauntlet-rollout` crate's types) and `kind: AnalysisTemplate`
+//!   documents: weights, header routes, the guard, preview addresses, conditions, and every
+//!   `templateName` naming a template of the tree with the arguments it needs. Any problem
+//!   rejects the whole tree, so a half-valid commit is never applied.
+//! - The result is a [`DesiredState`] (`state.rs`): applications, analysis templates and
+//!   flags. [`Application::revision`] (`revision.rs`) names what a rollout moves between (the
+//!   workload only: neither the strategy nor a template is part of it), and [`schema`]
+//!   (`schema.rs`) describes the documents for editors.
 //!
 //! ```
 //! use gauntlet_spec::{parse, SourceFile};
@@ -41,6 +45,7 @@ mod parse;
 mod revision;
 mod schema;
 mod state;
+mod strategy;
 mod validate;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Located, Origin};

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use gauntlet_rollout::analysis::AnalysisTemplateSpec;
+use gauntlet_rollout::engine::Strategy;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +29,8 @@ pub struct Metadata {
 }
 
 /// `kind: Application`: a workload kept running on this machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+// Not `Eq`: a strategy's weights and guard rates are floating point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Application {
     pub api_version: String,
@@ -37,7 +40,7 @@ pub struct Application {
 }
 
 /// The desired state of one application.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ApplicationSpec {
     /// How many instances of the current revision run. Default 1; 0 keeps the app defined but
@@ -55,6 +58,28 @@ pub struct ApplicationSpec {
     /// Applications that must be healthy before this one is applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// How a new revision reaches users: `canary` steps or `blueGreen`. Without one, a new
+    /// revision replaces the old once it is ready (a rolling update). Needs `service.listen`,
+    /// where the proxy splits traffic. Not part of the revision: editing it restarts nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// What happens after a revision fails its rollout. Default `rollback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
+}
+
+/// `spec.onFailure`: what Gauntlet does once a rollout has aborted and traffic is back on the
+/// stable revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnFailure {
+    /// Keep serving stable and do not try the failed revision again until Git changes (or an
+    /// operator runs `gauntlet rollout retry`); the application shows Degraded meanwhile.
+    #[default]
+    Rollback,
+    /// As `rollback`, and Gauntlet also commits a revert of the offending change to Git, so
+    /// that Git and what runs agree again.
+    Revert,
 }
 
 fn default_replicas() -> u32 {
@@ -207,6 +232,22 @@ pub struct Service {
 pub struct ServiceTls {
     pub cert_file: String,
     pub key_file: String,
+}
+
+/// `kind: AnalysisTemplate`: metrics that judge a revision, named by `analysis` steps (and
+/// blue/green's pre- and post-promotion analysis) through `templateName`.
+///
+/// `spec` is Argo Rollouts' template: `args`, `metrics` (each with `interval`, `count`,
+/// `initialDelay`, `successCondition`, `failureCondition`, the limits and a `provider`) and
+/// `dryRun`. Templates are not part of any revision: editing one restarts nothing, and a run
+/// already started keeps the metrics it started with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AnalysisTemplate {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: AnalysisTemplateSpec,
 }
 
 /// `kind: FeatureFlags`: one flag set in flagd's format, served over OFREP.

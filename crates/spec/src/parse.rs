@@ -14,12 +14,13 @@ use serde_saphyr::{MessageFormatter, Spanned, UserMessageFormatter};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::diagnostic::{Diagnostic, Diagnostics, Origin};
+use crate::diagnostic::{Diagnostic, Diagnostics, Located, Origin};
 use crate::document::{known_kinds, Document, Kind};
 use crate::fields::FieldIndex;
 use crate::flags::{self, DeclaredFlags, FlagDoc};
 use crate::model::API_VERSION;
 use crate::state::{Declared, DesiredState};
+use crate::strategy::{self, ParsedTemplate};
 use crate::validate;
 
 /// One file of a source tree; `path` is relative to the tree root, '/'-separated.
@@ -49,7 +50,8 @@ pub fn parse(files: &[SourceFile]) -> Result<DesiredState, Diagnostics> {
 
 /// A parser that remembers each file's documents, so a commit that changes one file of ten
 /// thousand re-reads one file. The whole-tree checks (unique names and addresses, the
-/// `dependsOn` graph) still run over every document, so the result is exactly [`parse`]'s.
+/// `dependsOn` graph, the templates a strategy names) still run over every document, so the
+/// result is exactly [`parse`]'s.
 #[derive(Default)]
 pub struct Parser {
     files: HashMap<String, Arc<FileParse>>,
@@ -62,6 +64,7 @@ pub struct Parser {
 struct FileParse {
     contents: String,
     applications: Vec<Arc<Parsed>>,
+    templates: Vec<Arc<ParsedTemplate>>,
     /// Flag sets that are valid on their own.
     flag_sets: Vec<Arc<FlagDoc>>,
     /// Documents that could not be read.
@@ -77,6 +80,7 @@ impl Parser {
         let mut diagnostics = Vec::new();
         let mut invalid = Vec::new();
         let mut applications: Vec<Arc<Parsed>> = Vec::new();
+        let mut templates: Vec<Arc<ParsedTemplate>> = Vec::new();
         let mut flag_sets: Vec<Arc<FlagDoc>> = Vec::new();
         for file in files {
             let parsed = match self.files.get(&file.path) {
@@ -84,6 +88,7 @@ impl Parser {
                 _ => Arc::new(parse_file(file)),
             };
             applications.extend(parsed.applications.iter().cloned());
+            templates.extend(parsed.templates.iter().cloned());
             flag_sets.extend(parsed.flag_sets.iter().cloned());
             diagnostics.extend(parsed.problems.iter().cloned());
             invalid.extend(parsed.invalid.iter().cloned());
@@ -94,6 +99,7 @@ impl Parser {
         let complete = diagnostics.is_empty();
         diagnostics.append(&mut invalid);
         diagnostics.extend(validate::applications(&applications, complete));
+        diagnostics.extend(strategy::tree(&applications, &templates, complete));
         diagnostics.extend(flags::conflicts(&flag_sets));
         if !diagnostics.is_empty() {
             diagnostics.sort();
@@ -107,8 +113,13 @@ impl Parser {
             .iter()
             .map(|parsed| (parsed.app.value.name().to_string(), parsed.app.clone()))
             .collect();
+        let templates = templates
+            .iter()
+            .map(|parsed| (parsed.name.clone(), parsed.template.clone()))
+            .collect();
         Ok(DesiredState {
             applications,
+            templates,
             flags,
         })
     }
@@ -131,6 +142,7 @@ impl Parser {
 
 fn parse_file(file: &SourceFile) -> FileParse {
     let mut applications = Vec::new();
+    let mut templates = Vec::new();
     let mut flag_sets = Vec::new();
     let mut problems = Vec::new();
     let mut invalid = Vec::new();
@@ -142,6 +154,7 @@ fn parse_file(file: &SourceFile) -> FileParse {
         return FileParse {
             contents: file.contents.clone(),
             applications,
+            templates,
             flag_sets,
             problems,
             invalid,
@@ -157,12 +170,20 @@ fn parse_file(file: &SourceFile) -> FileParse {
                         origin: chunk.origin(&file.path),
                         revision,
                     }),
-                    text: chunk.text.to_string(),
-                    line_offset: chunk.line_offset,
-                    first_line: chunk.first_line,
+                    text: DocumentText::of(&chunk),
                 };
                 invalid.extend(validate::document(&parsed));
                 applications.push(Arc::new(parsed));
+            }
+            Ok(Some(Document::AnalysisTemplate(doc))) => {
+                let template = Located {
+                    value: doc.spec,
+                    origin: chunk.origin(&file.path),
+                };
+                let (parsed, mut found) =
+                    strategy::template(doc.metadata.name, template, DocumentText::of(&chunk));
+                invalid.append(&mut found);
+                templates.push(Arc::new(parsed));
             }
             Ok(Some(Document::FeatureFlags(doc))) => {
                 let (set, mut found) = flags::from_document(&file.path, &chunk, doc);
@@ -178,26 +199,53 @@ fn parse_file(file: &SourceFile) -> FileParse {
     FileParse {
         contents: file.contents.clone(),
         applications,
+        templates,
         flag_sets,
         problems,
         invalid,
     }
 }
 
-/// A document that parsed, with its text kept to place later diagnostics at a field.
+/// An application document that parsed, with its text kept to place later diagnostics.
 pub(crate) struct Parsed {
     pub app: Arc<Declared>,
+    text: DocumentText,
+}
+
+impl Parsed {
+    /// A diagnostic about `path`, at the field's position when known, else at the document.
+    pub(crate) fn diagnostic(&self, path: &str, message: impl ToString) -> Diagnostic {
+        self.text.diagnostic(&self.app.origin, path, message)
+    }
+}
+
+/// A document's text, kept to place diagnostics found after it was read at a field.
+pub(crate) struct DocumentText {
     text: String,
     line_offset: usize,
     first_line: usize,
 }
 
-impl Parsed {
-    /// A diagnostic about `path`, at the field's position when known, else at the document.
+impl DocumentText {
+    pub(crate) fn of(chunk: &Chunk<'_>) -> Self {
+        DocumentText {
+            text: chunk.text.to_string(),
+            line_offset: chunk.line_offset,
+            first_line: chunk.first_line,
+        }
+    }
+
+    /// A diagnostic about `path` of the document at `origin`, at the field's position when
+    /// known, else at the document.
     ///
     /// Field positions are read only here, when there is a problem to place: valid documents
     /// (nearly all of them) are never read a third time.
-    pub(crate) fn diagnostic(&self, path: &str, message: impl ToString) -> Diagnostic {
+    pub(crate) fn diagnostic(
+        &self,
+        origin: &Origin,
+        path: &str,
+        message: impl ToString,
+    ) -> Diagnostic {
         let chunk = Chunk {
             text: &self.text,
             line_offset: self.line_offset,
@@ -205,10 +253,10 @@ impl Parsed {
         };
         let (line, column) = match FieldIndex::read(&chunk).position(path) {
             Some(position) => (position.line, position.column),
-            None => (self.app.origin.line, 1),
+            None => (origin.line, 1),
         };
         Diagnostic {
-            file: self.app.origin.file.clone(),
+            file: origin.file.clone(),
             line,
             column,
             field: Some(path.to_string()),
@@ -227,7 +275,7 @@ pub(crate) struct Chunk<'a> {
 }
 
 impl Chunk<'_> {
-    fn origin(&self, file: &str) -> Origin {
+    pub(crate) fn origin(&self, file: &str) -> Origin {
         Origin {
             file: file.to_string(),
             line: self.first_line,
@@ -781,7 +829,7 @@ spec:
         assert_eq!(error.field.as_deref(), Some("kind"));
         assert_eq!(
             error.message,
-            "missing field `kind`, expected one of `Application`, `FeatureFlags`"
+            "missing field `kind`, expected one of `Application`, `AnalysisTemplate`, `FeatureFlags`"
         );
     }
 
@@ -791,7 +839,7 @@ spec:
         assert_eq!((error.line, error.field.as_deref()), (2, Some("kind")));
         assert_eq!(
             error.message,
-            "unknown kind `Rollout`, expected one of `Application`, `FeatureFlags`"
+            "unknown kind `Rollout`, expected one of `Application`, `AnalysisTemplate`, `FeatureFlags`"
         );
     }
 

@@ -1,8 +1,9 @@
 //! The revision of an application: a short hash of what makes its instances what they are.
 //!
 //! Two specs with the same process and readiness probe run the same thing, so they share a
-//! revision; scaling, moving the service or editing labels is not a new revision and needs no
-//! rollout. The hash is over canonical JSON (object keys sorted, defaults filled in), so it is
+//! revision; scaling, moving the service, editing labels, the rollout strategy or `onFailure`
+//! is not a new revision and needs no rollout. Analysis templates and flags live in documents of
+//! their own and are never part of a revision. The hash is over canonical JSON (object keys sorted, defaults filled in), so it is
 //! the same on every machine and run, and writing a default value out changes nothing.
 
 use serde::Serialize;
@@ -20,8 +21,8 @@ impl Application {
     /// Revision hash: first 10 lower-hex chars of SHA-256 over canonical JSON of
     /// (spec.process, spec.readiness).
     ///
-    /// Replicas, service, dependsOn and metadata do NOT change the revision (scaling is not a
-    /// new revision).
+    /// Replicas, service, dependsOn, strategy, onFailure and metadata do NOT change the
+    /// revision (scaling or changing how the next revision rolls out is not a new revision).
     pub fn revision(&self) -> String {
         let identity = Identity {
             process: &self.spec.process,
@@ -123,6 +124,23 @@ mod tests {
         scaled.spec.depends_on = vec!["db".into()];
         scaled.metadata.labels.insert("team".into(), "pay".into());
         assert_eq!(base.revision(), scaled.revision());
+    }
+
+    #[test]
+    fn strategy_and_on_failure_do_not_change_revision() {
+        let service = "  service: {listen: '127.0.0.1:8080'}\n";
+        let plain = app(&format!("{BASE}{service}"));
+        let canary = app(&format!(
+            "{BASE}{service}  onFailure: revert\n  strategy:\n    canary:\n      steps:\n      \
+             - setWeight: 5\n      - pause: {{duration: 30s}}\n      guard: {{alpha: 0.05}}\n"
+        ));
+        let blue_green = app(&format!(
+            "{BASE}{service}  strategy: {{blueGreen: {{previewListen: '127.0.0.1:8081'}}}}\n"
+        ));
+        assert!(canary.spec.strategy.is_some() && blue_green.spec.strategy.is_some());
+        assert_eq!(plain.revision(), canary.revision());
+        assert_eq!(plain.revision(), blue_green.revision());
+        assert_eq!(plain.revision(), "1639c012e9");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 
 use crate::document::Kind;
-use crate::model::{Application, FeatureFlags, API_VERSION};
+use crate::model::{AnalysisTemplate, Application, FeatureFlags, API_VERSION};
 
 /// JSON Schema (draft 2020-12) for one document: a `oneOf` over the known kinds, each with
 /// `apiVersion` and `kind` pinned to their only valid values.
@@ -22,6 +22,7 @@ pub fn schema() -> Value {
         .iter()
         .map(|kind| match kind {
             Kind::Application => generator.subschema_for::<Application>(),
+            Kind::AnalysisTemplate => generator.subschema_for::<AnalysisTemplate>(),
             Kind::FeatureFlags => generator.subschema_for::<FeatureFlags>(),
         })
         .map(Value::from)
@@ -71,6 +72,32 @@ mod tests {
         for property in ["replicas", "process", "readiness", "service", "dependsOn"] {
             assert!(spec[property].is_object(), "{property}");
         }
+    }
+
+    #[test]
+    fn schema_describes_strategies_and_analysis_templates() {
+        let schema = schema();
+        let definitions = &schema["$defs"];
+        let spec = &definitions["ApplicationSpec"]["properties"];
+        assert!(spec["strategy"].is_object() && spec["onFailure"].is_object());
+        let strategy = definitions["Strategy"].to_string();
+        assert!(
+            strategy.contains("canary") && strategy.contains("blueGreen"),
+            "{strategy}"
+        );
+        let template = &definitions["AnalysisTemplate"];
+        assert_eq!(template["properties"]["kind"]["const"], "AnalysisTemplate");
+        let metric = &definitions["MetricSpec"]["properties"];
+        for property in [
+            "interval",
+            "successCondition",
+            "consecutiveErrorLimit",
+            "provider",
+        ] {
+            assert!(metric[property].is_object(), "{property}");
+        }
+        assert_eq!(definitions["DurationStr"]["type"], "string");
+        assert_eq!(definitions["CanarySpec"]["additionalProperties"], false);
     }
 
     #[test]

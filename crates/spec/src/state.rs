@@ -1,20 +1,23 @@
 //! The desired state of a whole tree: every application of one commit, validated, by name,
-//! and the commit's feature flags, merged.
+//! its analysis templates, by name, and the commit's feature flags, merged.
 //!
 //! The reconciler compares this with what runs; `apply_order` tells it which applications to
-//! bring up first.
+//! bring up first, and `templates_of` which templates an application's rollout may run.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use std::sync::Arc;
 
-use crate::diagnostic::Origin;
+use gauntlet_rollout::analysis::AnalysisTemplateSpec;
+
+use crate::diagnostic::{Located, Origin};
 use crate::flags::DeclaredFlags;
 use crate::model::Application;
+use crate::strategy;
 
 /// An application as one commit declares it: the manifest, where it is, and its revision
 /// (computed once when the document is read, since every plan needs it).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Declared {
     pub value: Application,
     pub origin: Origin,
@@ -27,12 +30,39 @@ pub struct Declared {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DesiredState {
     pub applications: BTreeMap<String, Arc<Declared>>,
+    /// Every `AnalysisTemplate` by `metadata.name`, with where it is declared. Templates are not
+    /// part of any revision: changing one restarts nothing.
+    pub templates: BTreeMap<String, Arc<Located<AnalysisTemplateSpec>>>,
     /// Every flag of every `FeatureFlags` document and `*.flagd.json` file. Flags are not part
     /// of any application's revision: changing one restarts nothing.
     pub flags: DeclaredFlags,
 }
 
 impl DesiredState {
+    /// The templates application `app`'s strategy names, by name: what the rollout engine's
+    /// `RolloutSpec::templates` needs. Empty for an unknown application or one without a
+    /// strategy; in a state built by [`parse`] every name is found.
+    ///
+    /// [`parse`]: crate::parse
+    pub fn templates_of(&self, app: &str) -> BTreeMap<String, AnalysisTemplateSpec> {
+        let Some(strategy) = self
+            .applications
+            .get(app)
+            .and_then(|declared| declared.value.spec.strategy.as_ref())
+        else {
+            return BTreeMap::new();
+        };
+        strategy::analyses(strategy)
+            .into_iter()
+            .flat_map(|analysis| analysis.templates.iter())
+            .filter_map(|reference| {
+                let name = &reference.template_name;
+                let template = self.templates.get(name)?;
+                Some((name.clone(), template.value.clone()))
+            })
+            .collect()
+    }
+
     /// Application names ordered so that every app comes after the apps it `dependsOn` (ties by
     /// name).
     ///
@@ -112,6 +142,8 @@ mod tests {
                         readiness: None,
                         service: None,
                         depends_on: deps.iter().map(|d| d.to_string()).collect(),
+                        strategy: None,
+                        on_failure: None,
                     },
                 };
                 let origin = Origin {

@@ -1,6 +1,7 @@
 //! Rules a manifest must follow beyond its shape: valid names and addresses, probes that make
 //! sense, and a tree whose applications are unique, do not fight over a listen address and
-//! depend on each other without cycles.
+//! depend on each other without cycles. The rules of `spec.strategy` and of analysis templates
+//! are in `strategy.rs`.
 //!
 //! Every rule runs on every document, so a user sees all problems of a tree at once. The
 //! checks are pure functions over parsed documents; `Parsed::diagnostic` places each problem.
@@ -13,12 +14,13 @@ use crate::model::{Application, Probe};
 use std::sync::Arc;
 
 use crate::parse::Parsed;
+use crate::strategy;
 
 /// The most instances one application may ask for; more is almost surely a typo.
 pub const MAX_REPLICAS: u32 = 1000;
 
 /// What is wrong with a valid-looking manifest, and what to write instead.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub(crate) enum Invalid {
     #[error(
         "`{0}` is not a valid name: use 1 to 63 lower-case letters, digits and '-', \
@@ -55,6 +57,8 @@ pub(crate) enum Invalid {
     SelfDependency,
     #[error("dependency cycle: {}", .0.join(" -> "))]
     Cycle(Vec<String>),
+    #[error(transparent)]
+    Rollout(#[from] strategy::Problem),
 }
 
 /// Problems of one document on its own. They depend on nothing else, so the parser checks
@@ -132,6 +136,7 @@ fn application(app: &Application) -> Vec<(String, Invalid)> {
             }
         }
     }
+    problems.extend(strategy::application(spec));
     problems
 }
 
@@ -204,28 +209,36 @@ fn unique_names(apps: &[Arc<Parsed>]) -> Vec<Diagnostic> {
     diagnostics
 }
 
-/// Each listen address served by one application; later claimants are reported.
+/// Each listen address (`service.listen`, a blue/green `previewListen`) served by one
+/// application; later claimants are reported. An application's preview on its own service
+/// address is reported by `strategy::application`.
 fn unique_listen_addresses(apps: &[Arc<Parsed>]) -> Vec<Diagnostic> {
     let mut first: BTreeMap<SocketAddr, &Arc<Parsed>> = BTreeMap::new();
     let mut diagnostics = Vec::new();
     for app in apps {
-        let Some(service) = &app.app.value.spec.service else {
-            continue;
-        };
-        let Ok(address) = service.listen.parse::<SocketAddr>() else {
-            continue;
-        };
-        match first.get(&address) {
-            Some(other) => diagnostics.push(app.diagnostic(
-                "spec.service.listen",
-                Invalid::ListenInUse {
-                    address,
-                    other: other.app.value.name().to_string(),
-                    first: other.app.origin.clone(),
-                },
-            )),
-            None => {
-                first.insert(address, app);
+        let spec = &app.app.value.spec;
+        let service = spec
+            .service
+            .as_ref()
+            .map(|service| ("spec.service.listen", service.listen.as_str()));
+        let preview = strategy::preview_listen(spec).map(|preview| (strategy::PREVIEW, preview));
+        for (field, listen) in service.into_iter().chain(preview) {
+            let Ok(address) = listen.parse::<SocketAddr>() else {
+                continue;
+            };
+            match first.get(&address) {
+                Some(other) if Arc::ptr_eq(other, app) => {}
+                Some(other) => diagnostics.push(app.diagnostic(
+                    field,
+                    Invalid::ListenInUse {
+                        address,
+                        other: other.app.value.name().to_string(),
+                        first: other.app.origin.clone(),
+                    },
+                )),
+                None => {
+                    first.insert(address, app);
+                }
             }
         }
     }

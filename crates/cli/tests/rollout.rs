@@ -1,0 +1,256 @@
+//! Canary rollouts end to end: a real controller, its proxy, demo-app instances and load from a
+//! second process. A bad release is rolled back by the sequential guard after a handful of
+//! requests; a good one walks its steps and becomes stable.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use serde_json::Value;
+
+/// An application with a canary strategy; `extra_args` go to demo-app (e.g. an error rate).
+fn canary_app(version: &str, port: u16, extra_args: &str) -> String {
+    canary_with_steps(
+        version,
+        port,
+        extra_args,
+        "      - setWeight: 50\n      - pause: {duration: 2s}\n",
+    )
+}
+
+fn canary_with_steps(version: &str, port: u16, extra_args: &str, steps: &str) -> String {
+    format!(
+        r#"apiVersion: gauntlet.dev/v1alpha1
+kind: Application
+metadata:
+  name: web
+spec:
+  replicas: 1
+  process:
+    command: ["{BIN}", "demo-app"]
+    args: ["--listen", "127.0.0.1:${{PORT}}", "--version", "{version}"{extra_args}]
+    terminationGracePeriodSeconds: 5
+  readiness:
+    httpGet: {{path: /healthz}}
+    periodSeconds: 1
+  service:
+    listen: "127.0.0.1:{port}"
+  strategy:
+    canary:
+      abortScaleDownDelaySeconds: 0
+      steps:
+{steps}"#
+    )
+}
+
+/// `gauntlet load` against the service for `seconds`; its JSON summary at the end.
+fn load(port: u16, seconds: u32) -> Child {
+    Command::new(BIN)
+        .args(["load", "--url", &format!("http://127.0.0.1:{port}/")])
+        .args(["--rate", "100", "--duration", &format!("{seconds}s")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gauntlet load starts")
+}
+
+fn summary(child: Child) -> Value {
+    let out = child.wait_with_output().expect("gauntlet load ends");
+    serde_json::from_slice(&out.stdout).expect("a JSON summary")
+}
+
+fn record<'a>(history: &'a [Value], action: &str) -> Option<&'a Value> {
+    history.iter().find(|r| r["action"] == action)
+}
+
+#[test]
+fn a_bad_canary_is_rolled_back_by_the_guard_and_a_good_one_is_promoted() {
+    let repo = Repo::new();
+    let port = free_port();
+    repo.write("apps/web.yaml", &canary_app("v1", port, ""));
+    repo.commit("web v1");
+    let c = Controller::start(repo.path().to_str().unwrap(), &[]);
+    c.wait_healthy("web", 1);
+    wait_until("the proxy serves v1", || {
+        answer(u64::from(port)).filter(|b| b == "v1")
+    });
+
+    // v2 fails half of its requests.
+    let traffic = load(port, 12);
+    repo.write(
+        "apps/web.yaml",
+        &canary_app("v2", port, r#", "--error-rate", "0.5""#),
+    );
+    let bad = repo.commit("web v2, broken");
+    c.sync();
+    let history = c.wait_until("the guard to roll v2 back", || {
+        let history = c.history("web");
+        record(&history, "rollout-aborted")
+            .is_some()
+            .then_some(history)
+    });
+    let aborted = record(&history, "rollout-aborted").unwrap();
+    let reason = aborted["reason"].as_str().unwrap();
+    assert!(reason.contains("guard"), "{aborted}");
+    assert!(
+        reason.contains("llr"),
+        "the evidence is recorded: {aborted}"
+    );
+    let app = c.wait_until("web degraded, v2 stopped", || {
+        let app = c.app("web")?;
+        let degraded = app["health"]["status"] == "Degraded"
+            && app["health"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("rolled back"));
+        let only_v1 = app["instances"].as_array()?.len() == 1;
+        (degraded && only_v1).then_some(app)
+    });
+    assert_eq!(app["commit"], bad.as_str(), "Git still asks for v2: {app}");
+    wait_until("only v1 answers", || {
+        answer(u64::from(port)).filter(|b| b == "v1")
+    });
+    let s = summary(traffic);
+    let failed = s["failed"].as_u64().unwrap();
+    eprintln!(
+        "bad canary: {failed} of {} requests failed before the rollback",
+        s["sent"]
+    );
+    assert!(failed > 0, "v2 was never given traffic: {s}");
+    // A handful, not the half of all traffic a fixed-interval check would let fail.
+    assert!(failed < s["sent"].as_u64().unwrap() / 10, "{s}");
+
+    // v3 is good: its canary walks the steps and it becomes stable.
+    repo.write("apps/web.yaml", &canary_app("v3", port, ""));
+    repo.commit("web v3");
+    c.sync();
+    let history = c.wait_until("v3 promoted", || {
+        let history = c.history("web");
+        record(&history, "rollout-completed")
+            .is_some()
+            .then_some(history)
+    });
+    assert!(
+        record(&history, "rollout-candidate-ready").is_some(),
+        "{history:#?}"
+    );
+    let app = c.wait_healthy("web", 1);
+    assert_eq!(app["sync"], "Synced", "{app}");
+    wait_until("only v3 answers", || {
+        answer(u64::from(port)).filter(|b| b == "v3")
+    });
+}
+
+#[test]
+fn an_operator_promotes_a_paused_canary_and_aborts_the_next_one() {
+    let steps = "      - setWeight: 20\n      - pause: {}\n";
+    let repo = Repo::new();
+    let port = free_port();
+    repo.write("apps/web.yaml", &canary_with_steps("v1", port, "", steps));
+    repo.commit("web v1");
+    let c = Controller::start(repo.path().to_str().unwrap(), &[]);
+    c.wait_healthy("web", 1);
+
+    repo.write("apps/web.yaml", &canary_with_steps("v2", port, "", steps));
+    repo.commit("web v2");
+    c.sync();
+    let view = c.wait_until("v2 paused at 20 %", || {
+        let v = c.get("/api/v1/apps/web/rollout");
+        (v["state"]["phase"] == "paused" && v["state"]["traffic"]["candidateWeight"] == 2000)
+            .then_some(v)
+    });
+    let out = c.run_cli(&["rollout", "get", "web"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("candidate 20.00%"), "{text}");
+    assert!(text.contains("step       2 of 2"), "{text}\n{view}");
+
+    let out = c.run_cli(&["rollout", "promote", "web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_until("v2 promoted by the operator", || {
+        let history = c.history("web");
+        record(&history, "rollout-completed")
+            .is_some()
+            .then_some(())
+    });
+    let history = c.history("web");
+    let command = record(&history, "rollout-command").expect("the command is audited");
+    assert_eq!(command["actor"]["kind"], "user", "{command}");
+    c.wait_healthy("web", 1);
+    wait_until("v2 answers", || {
+        answer(u64::from(port)).filter(|b| b == "v2")
+    });
+
+    repo.write("apps/web.yaml", &canary_with_steps("v3", port, "", steps));
+    repo.commit("web v3");
+    c.sync();
+    c.wait_until("v3 paused", || {
+        (c.get("/api/v1/apps/web/rollout")["state"]["phase"] == "paused").then_some(())
+    });
+    let out = c.run_cli(&["rollout", "abort", "web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_until("v3 rolled back by the operator", || {
+        let app = c.app("web")?;
+        (app["health"]["status"] == "Degraded").then_some(())
+    });
+    wait_until("v2 answers again", || {
+        answer(u64::from(port)).filter(|b| b == "v2")
+    });
+    // An unknown command and an application without a rollout are refused.
+    let out = c.run_cli(&["rollout", "retry", "nope"]);
+    assert!(!out.status.success());
+}
+
+fn blue_green_app(version: &str, port: u16, preview: u16) -> String {
+    canary_with_steps(version, port, "", "").replace(
+        "    canary:\n      abortScaleDownDelaySeconds: 0\n      steps:\n",
+        &format!(
+            "    blueGreen:\n      previewListen: \"127.0.0.1:{preview}\"\n      autoPromotionEnabled: false\n"
+        ),
+    )
+}
+
+#[test]
+fn blue_green_serves_the_candidate_on_the_preview_listener_until_promoted() {
+    let repo = Repo::new();
+    let (port, preview) = (free_port(), free_port());
+    repo.write("apps/web.yaml", &blue_green_app("v1", port, preview));
+    repo.commit("web v1");
+    let c = Controller::start(repo.path().to_str().unwrap(), &[]);
+    c.wait_healthy("web", 1);
+    wait_until("v1 served", || {
+        answer(u64::from(port)).filter(|b| b == "v1")
+    });
+
+    repo.write("apps/web.yaml", &blue_green_app("v2", port, preview));
+    repo.commit("web v2");
+    c.sync();
+    wait_until("v2 on the preview listener", || {
+        answer(u64::from(preview)).filter(|b| b == "v2")
+    });
+    for _ in 0..20 {
+        assert_eq!(answer(u64::from(port)).as_deref(), Some("v1"));
+    }
+    let out = c.run_cli(&["rollout", "promote", "web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("v2 promoted", || {
+        answer(u64::from(port)).filter(|b| b == "v2")
+    });
+    c.wait_until("the rollout completed", || {
+        let history = c.history("web");
+        record(&history, "rollout-completed")
+            .is_some()
+            .then_some(())
+    });
+}
