@@ -160,7 +160,7 @@ impl Demo {
 
     fn stages(&mut self) -> Result<()> {
         // 1. v1
-        stage("1/6", "v1 is deployed from the first commit");
+        stage("1/7", "v1 is deployed from the first commit");
         let c1 = head(&self.repo)?;
         let app = self.wait_app("v1 healthy with 2 ready instances", |s, a| {
             applied(s) == c1 && a.health == Health::Healthy && a.ready == 2
@@ -170,8 +170,8 @@ impl Demo {
 
         // 2. v2
         stage(
-            "2/6",
-            "v2 is committed and replaces v1 (new instances ready before old stop)",
+            "2/7",
+            "v2 is committed and goes through its canary steps to stable while requests flow",
         );
         let traffic = Traffic::start(self.service);
         write_app(&self.repo, self.service, "v2", 2, false)?;
@@ -189,8 +189,12 @@ impl Demo {
         self.check_answers(&app, "v2")?;
         println!("  revision {rev1} -> {}", app.revision);
         println!(
-            "  through the proxy on 127.0.0.1:{} during the update: {} requests, {} answered v1, {} answered v2, {} failed",
-            self.service, counts.sent, counts.v1, counts.v2, counts.failed
+            "  through the proxy on 127.0.0.1:{} during the canary: {} requests, {} answered v1, {} answered v2, {} failed",
+            self.service,
+            counts.sent,
+            counts.answered("v1"),
+            counts.answered("v2"),
+            counts.failed
         );
         if counts.failed > 0 {
             bail!(
@@ -201,7 +205,7 @@ impl Demo {
         }
 
         // 3. malformed commit
-        stage("3/6", "a malformed commit is rejected; v2 keeps running");
+        stage("3/7", "a malformed commit is rejected; v2 keeps running");
         write_app(&self.repo, self.service, "v3", 2, true)?;
         git(&self.repo, &["commit", "-qam", "Typo in the manifest"])?;
         let c3 = head(&self.repo)?;
@@ -235,8 +239,15 @@ impl Demo {
         git(&self.repo, &["commit", "-qam", "Fix the manifest"])?;
         self.sync()?;
 
+        // 4. a bad release, rolled back by the guard
+        stage(
+            "4/7",
+            "a bad v3 (5 % errors) is caught by the sequential guard and rolled back",
+        );
+        self.bad_release()?;
+
         // 4. self-heal
-        stage("4/6", "an instance is killed with SIGKILL and healed");
+        stage("5/7", "an instance is killed with SIGKILL and healed");
         let victim = app
             .instances
             .first()
@@ -266,7 +277,7 @@ impl Demo {
 
         // 5. a feature flag, rolled out by two commits
         stage(
-            "5/6",
+            "6/7",
             "a feature flag is turned on for 10 % of users, then 50 %, by two commits",
         );
         for percent in [10, 50] {
@@ -274,7 +285,7 @@ impl Demo {
         }
 
         // 6. prune
-        stage("6/6", "the application is removed from Git and pruned");
+        stage("7/7", "the application is removed from Git and pruned");
         let pids: Vec<u32> = app.instances.iter().filter_map(|i| i.pid).collect();
         git(&self.repo, &["rm", "-q", "apps/hello.yaml"])?;
         git(&self.repo, &["commit", "-qm", "Remove hello"])?;
@@ -292,6 +303,44 @@ impl Demo {
         for r in records {
             println!("  {:<18} {:<8} {}", r.actor.to_string(), r.action, r.reason);
         }
+        Ok(())
+    }
+
+    /// Commits a v3 that fails 5 % of its requests while requests flow, waits until the guard
+    /// rolls it back, prints what v3 served, then returns Git to v2.
+    fn bad_release(&mut self) -> Result<()> {
+        let traffic = Traffic::start(self.service);
+        write_app_failing(&self.repo, self.service, "v3", 2, false, 0.05)?;
+        git(&self.repo, &["commit", "-qam", "Release hello v3"])?;
+        self.sync()?;
+        let app = self.wait_app("v3 rolled back: all traffic on v2", |_, a| {
+            matches!(&a.health, Health::Degraded(r) if r.contains("rolled back"))
+                && a.traffic
+                    .iter()
+                    .all(|t| t.weight == 0 || t.revision != a.revision)
+        })?;
+        let counts = traffic.finish();
+        if let Health::Degraded(reason) = &app.health {
+            println!("  {reason}");
+        }
+        let served = counts.answered("v3") + counts.failed;
+        println!(
+            "  v3 served {served} of {} requests through the proxy; {} of them failed (v2 served {})",
+            counts.sent,
+            counts.failed,
+            counts.answered("v2")
+        );
+        if served == 0 {
+            bail!("v3 never received traffic, so the guard had nothing to judge");
+        }
+        write_app(&self.repo, self.service, "v2", 2, false)?;
+        git(&self.repo, &["commit", "-qam", "Back to hello v2"])?;
+        let back = head(&self.repo)?;
+        self.sync()?;
+        let app = self.wait_app("Git back on v2, healthy", |s, a| {
+            applied(s) == back && a.health == Health::Healthy && a.ready == 2
+        })?;
+        self.check_answers(&app, "v2")?;
         Ok(())
     }
 
@@ -434,10 +483,16 @@ struct Traffic {
 #[derive(Debug, Default)]
 struct TrafficCounts {
     sent: u64,
-    v1: u64,
-    v2: u64,
+    /// Successful answers by body (the version).
+    answers: std::collections::BTreeMap<String, u64>,
     failed: u64,
     first_failure: Option<String>,
+}
+
+impl TrafficCounts {
+    fn answered(&self, version: &str) -> u64 {
+        self.answers.get(version).copied().unwrap_or(0)
+    }
 }
 
 impl Traffic {
@@ -463,13 +518,8 @@ impl Traffic {
                     .send()
                     .and_then(|r| r.error_for_status()?.text())
                 {
-                    Ok(body) if body.trim() == "v1" => counts.v1 += 1,
-                    Ok(body) if body.trim() == "v2" => counts.v2 += 1,
                     Ok(body) => {
-                        counts.failed += 1;
-                        counts
-                            .first_failure
-                            .get_or_insert(format!("answered {:?}", body.trim()));
+                        *counts.answers.entry(body.trim().to_string()).or_default() += 1;
                     }
                     Err(e) => {
                         counts.failed += 1;
@@ -602,6 +652,18 @@ fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<Option<T>>) -> Resu
 }
 
 fn write_app(repo: &Path, service: u16, version: &str, replicas: u32, typo: bool) -> Result<()> {
+    write_app_failing(repo, service, version, replicas, typo, 0.0)
+}
+
+/// The demo application at `version`, failing `error_rate` of its requests with 500.
+fn write_app_failing(
+    repo: &Path,
+    service: u16,
+    version: &str,
+    replicas: u32,
+    typo: bool,
+    error_rate: f64,
+) -> Result<()> {
     let exe = gauntlet_exe()?;
     let command_key = if typo { "comand" } else { "command" };
     let yaml = format!(
@@ -614,12 +676,22 @@ spec:
   replicas: {replicas}
   process:
     {command_key}: ["{exe}", "demo-app"]
-    args: ["--listen", "127.0.0.1:${{PORT}}", "--version", "{version}"]
+    args: ["--listen", "127.0.0.1:${{PORT}}", "--version", "{version}", "--error-rate", "{error_rate}"]
   readiness:
     httpGet: {{path: /healthz}}
     periodSeconds: 1
   service:
     listen: "127.0.0.1:{service}"
+  # Every release is a canary judged request by request by the sequential guard.
+  strategy:
+    canary:
+      scaleDownDelaySeconds: 0
+      abortScaleDownDelaySeconds: 0
+      steps:
+      - setWeight: 25
+      - pause: {{duration: 5s}}
+      - setWeight: 50
+      - pause: {{duration: 5s}}
 "#,
         exe = exe.display()
     );

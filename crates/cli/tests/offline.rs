@@ -232,7 +232,16 @@ fn demo_runs_every_stage_and_exits_zero() {
         output()
     );
     let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-    for stage in ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6", "demo passed"] {
+    for stage in [
+        "1/7",
+        "2/7",
+        "3/7",
+        "4/7",
+        "5/7",
+        "6/7",
+        "7/7",
+        "demo passed",
+    ] {
         assert!(text.contains(stage), "{stage} missing:\n{}", output());
     }
 }

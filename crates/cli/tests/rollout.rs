@@ -254,3 +254,39 @@ fn blue_green_serves_the_candidate_on_the_preview_listener_until_promoted() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_controller_killed_mid_rollout_resumes_at_the_same_step() {
+    let steps =
+        "      - setWeight: 30\n      - pause: {}\n      - setWeight: 60\n      - pause: {}\n";
+    let repo = Repo::new();
+    let port = free_port();
+    repo.write("apps/web.yaml", &canary_with_steps("v1", port, "", steps));
+    repo.commit("web v1");
+    let mut c = Controller::start(repo.path().to_str().unwrap(), &[]);
+    c.wait_healthy("web", 1);
+    repo.write("apps/web.yaml", &canary_with_steps("v2", port, "", steps));
+    repo.commit("web v2");
+    c.sync();
+    let paused = |c: &Controller, weight: u64| {
+        c.wait_until(&format!("paused at {weight}"), || {
+            let v = c.get("/api/v1/apps/web/rollout");
+            (v["state"]["phase"] == "paused"
+                && v["state"]["traffic"]["candidateWeight"].as_u64() == Some(weight))
+            .then_some(v)
+        })
+    };
+    let before = paused(&c, 3000);
+    c.kill9();
+    c.spawn();
+    // The same step, the same weight, the same candidate: nothing restarted.
+    let after = paused(&c, 3000);
+    assert_eq!(after["state"]["stepIndex"], before["state"]["stepIndex"]);
+    assert_eq!(after["state"]["candidate"], before["state"]["candidate"]);
+    let out = c.run_cli(&["rollout", "promote", "web"]);
+    assert!(out.status.success());
+    paused(&c, 6000);
+    let history = c.history("web");
+    let created = history.iter().filter(|r| r["action"] == "update").count();
+    assert_eq!(created, 1, "the candidate was started once: {history:#?}");
+}

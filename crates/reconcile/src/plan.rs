@@ -315,7 +315,9 @@ fn plan_rollout(
     for (rev, mut instances) in by_revision {
         let want = targets.replicas.get(rev).copied().unwrap_or(0) as usize;
         if instances.len() < want && rev == revision && blocked_by.is_empty() {
-            let cause = if instances.is_empty() {
+            let cause = if current.is_empty() && old.is_empty() {
+                Cause::Create
+            } else if instances.is_empty() && rev != targets.active {
                 Cause::Update {
                     from: vec![targets.active.clone()],
                     to: revision.to_string(),

@@ -81,7 +81,11 @@ impl AppRollout {
                     .unwrap_or("waiting")
             ))),
             Phase::Degraded => Some(Health::Degraded(match &s.aborted {
-                Some(a) => format!("rolled back: revision {} failed: {}", a.revision, a.reason),
+                // "revision X failed its error guard: …", "revision X: aborted by ana".
+                Some(a) if a.reason.starts_with("failed") => {
+                    format!("rolled back: revision {} {}", a.revision, a.reason)
+                }
+                Some(a) => format!("rolled back: revision {}: {}", a.revision, a.reason),
                 None => "rolled back".into(),
             })),
         };
@@ -179,12 +183,13 @@ pub fn absorb(rollout: &mut AppRollout, app: &str, step: &engine::Step) -> Vec<A
                     Some(user) => Actor::User(user.clone()),
                     None => Actor::Controller,
                 };
-                records.push(AuditRecord::now(
-                    actor,
-                    app,
-                    &format!("rollout-{}", kebab(&e.reason)),
-                    e.message.clone(),
-                ));
+                let reason = kebab(&e.reason);
+                let action = if reason.starts_with("rollout-") {
+                    reason
+                } else {
+                    format!("rollout-{reason}")
+                };
+                records.push(AuditRecord::now(actor, app, &action, e.message.clone()));
             }
             RolloutAction::Aborted(a) => {
                 let evidence = a

@@ -997,12 +997,21 @@ async fn an_instance_adopted_without_a_ready_record_starts_as_before() {
     h.rt = LocalRuntime::open(h.state()).await.expect("reopen");
     let first = h.rt.instances();
     assert_eq!(first.len(), 1, "{first:#?}");
-    assert_eq!(first[0].phase, Phase::Starting, "{first:#?}");
+    // Its first probe may already have passed by this read; what matters is that readiness
+    // was earned by a probe after adoption (a `ready` event), not restored from the record.
+    assert!(
+        matches!(first[0].phase, Phase::Starting | Phase::Ready),
+        "{first:#?}"
+    );
     assert_eq!(first[0].pid, before.pid);
     let after = h.wait_one("ready", |i| i.is_ready()).await;
     assert_eq!(after.pid, before.pid);
-    let actions = h.event_actions();
-    assert!(actions.contains(&"adopted".to_string()), "{actions:?}");
-    assert!(actions.contains(&"ready".to_string()), "{actions:?}");
+    eventually("a ready event after the adoption", || {
+        let actions = h.event_actions();
+        let adopted = actions.iter().position(|a| a == "adopted");
+        let ready = actions.iter().rposition(|a| a == "ready");
+        matches!((adopted, ready), (Some(a), Some(r)) if a < r)
+    })
+    .await;
     with_timeout(h.rt.stop(&before.id)).await.expect("stop");
 }
