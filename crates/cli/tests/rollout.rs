@@ -290,3 +290,179 @@ fn a_controller_killed_mid_rollout_resumes_at_the_same_step() {
     let created = history.iter().filter(|r| r["action"] == "update").count();
     assert_eq!(created, 1, "the candidate was started once: {history:#?}");
 }
+
+#[test]
+fn a_good_canary_under_load_is_promoted_with_no_failed_request() {
+    let repo = Repo::new();
+    let port = free_port();
+    repo.write("apps/web.yaml", &canary_app("v1", port, ""));
+    repo.commit("web v1");
+    let c = Controller::start(repo.path().to_str().unwrap(), &[]);
+    c.wait_healthy("web", 1);
+    wait_until("v1 served", || {
+        answer(u64::from(port)).filter(|b| b == "v1")
+    });
+    let traffic = load(port, 10);
+    repo.write("apps/web.yaml", &canary_app("v2", port, ""));
+    repo.commit("web v2");
+    c.sync();
+    c.wait_until("v2 promoted", || {
+        record(&c.history("web"), "rollout-completed").map(|_| ())
+    });
+    wait_until("only v2 answers", || {
+        answer(u64::from(port)).filter(|b| b == "v2")
+    });
+    let s = summary(traffic);
+    assert_eq!(s["failed"], 0, "{s}");
+    assert!(
+        s["bodies"]["v1"].as_u64() > Some(0) && s["bodies"]["v2"].as_u64() > Some(0),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_header_route_sends_only_matching_requests_to_the_candidate() {
+    let steps = "      - setHeaderRoute:\n          match:\n          - header: x-canary\n            value: {exact: \"yes\"}\n          - cookie: beta\n            value: {prefix: \"on\"}\n      - pause: {}\n";
+    let repo = Repo::new();
+    let port = free_port();
+    repo.write("apps/web.yaml", &canary_with_steps("v1", port, "", steps));
+    repo.commit("web v1");
+    let c = Controller::start(repo.path().to_str().unwrap(), &[]);
+    c.wait_healthy("web", 1);
+    repo.write("apps/web.yaml", &canary_with_steps("v2", port, "", steps));
+    repo.commit("web v2");
+    c.sync();
+    c.wait_until("the canary paused behind its header route", || {
+        (c.get("/api/v1/apps/web/rollout")["state"]["phase"] == "paused").then_some(())
+    });
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let get = |headers: &[(&str, &str)]| {
+        let mut r = http.get(format!("http://127.0.0.1:{port}/"));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send().unwrap().text().unwrap().trim().to_string()
+    };
+    wait_until("the header route served", || {
+        (get(&[("x-canary", "yes")]) == "v2").then_some(())
+    });
+    for _ in 0..20 {
+        assert_eq!(get(&[("x-canary", "yes")]), "v2");
+        assert_eq!(get(&[("cookie", "beta=on-please")]), "v2");
+        assert_eq!(get(&[("x-canary", "no")]), "v1");
+        assert_eq!(get(&[]), "v1", "no weight goes to the candidate");
+    }
+}
+
+/// A Prometheus scraping `target` every second; killed on drop. Panics if the `prometheus`
+/// binary is missing (`.ci/run` installs Debian's package).
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join("prometheus").is_file()))
+            .unwrap_or(false);
+        assert!(
+            found,
+            "`prometheus` is not installed: .ci/run installs it (apt-get install -y prometheus)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: proxy\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts");
+        Prometheus {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+fn analysed_app(version: &str, port: u16, prometheus: u16, condition: &str) -> String {
+    let steps = "      - setWeight: 50\n      - analysis:\n          templates: [{templateName: proxy-traffic}]\n";
+    format!(
+        "{}---\napiVersion: gauntlet.dev/v1alpha1\nkind: AnalysisTemplate\nmetadata: {{name: proxy-traffic}}\nspec:\n  metrics:\n  - name: requests\n    count: 1\n    initialDelay: 2s\n    successCondition: \"{condition}\"\n    provider:\n      prometheus:\n        address: http://127.0.0.1:{prometheus}\n        query: sum(gauntlet_proxy_requests_total{{app='web'}})\n",
+        canary_with_steps(version, port, "", steps)
+    )
+}
+
+#[test]
+fn a_prometheus_analysis_over_the_proxys_metrics_promotes_or_rolls_back() {
+    let repo = Repo::new();
+    let port = free_port();
+    let c = {
+        repo.write("apps/web.yaml", &canary_app("v1", port, ""));
+        repo.commit("web v1");
+        Controller::start(repo.path().to_str().unwrap(), &[])
+    };
+    c.wait_healthy("web", 1);
+    let admin = c.wait_until("the proxy's admin address", || c.proxy_admin());
+    let prometheus = Prometheus::start(&admin);
+    let traffic = load(port, 30);
+
+    // Passes: the proxy has counted requests for web.
+    repo.write(
+        "apps/web.yaml",
+        &analysed_app("v2", port, prometheus.port, "result > 0"),
+    );
+    repo.commit("web v2 with an analysis that passes");
+    c.sync();
+    c.wait_until("v2 promoted by its analysis", || {
+        record(&c.history("web"), "rollout-completed").map(|_| ())
+    });
+
+    // Fails: no count is negative.
+    repo.write(
+        "apps/web.yaml",
+        &analysed_app("v3", port, prometheus.port, "result < 0"),
+    );
+    repo.commit("web v3 with an analysis that fails");
+    c.sync();
+    let aborted = c.wait_until("v3 rolled back by its analysis", || {
+        record(&c.history("web"), "rollout-aborted").cloned()
+    });
+    assert!(
+        aborted["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("analysis"),
+        "{aborted}"
+    );
+    wait_until("v2 answers", || {
+        answer(u64::from(port)).filter(|b| b == "v2")
+    });
+    drop(summary(traffic));
+}
