@@ -466,3 +466,48 @@ fn a_prometheus_analysis_over_the_proxys_metrics_promotes_or_rolls_back() {
     });
     drop(summary(traffic));
 }
+
+#[test]
+fn a_failed_post_promotion_analysis_switches_blue_green_traffic_back() {
+    let repo = Repo::new();
+    let (port, preview) = (free_port(), free_port());
+    let app = |version: &str| {
+        blue_green_app(version, port, preview).replace(
+            "      autoPromotionEnabled: false\n",
+            "      autoPromotionEnabled: true\n      postPromotionAnalysis:\n        templates: [{templateName: smoke}]\n",
+        ) + "---\napiVersion: gauntlet.dev/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: smoke}\nspec:\n  metrics:\n  - name: smoke\n    count: 1\n    initialDelay: 1s\n    successCondition: result == true\n    provider:\n      command: {command: [\"sh\", \"-c\", \"exit 1\"]}\n"
+    };
+    repo.write("apps/web.yaml", &app("v1"));
+    repo.commit("web v1");
+    let c = Controller::start(repo.path().to_str().unwrap(), &[]);
+    c.wait_healthy("web", 1);
+    wait_until("v1 served", || {
+        answer(u64::from(port)).filter(|b| b == "v1")
+    });
+
+    repo.write("apps/web.yaml", &app("v2"));
+    repo.commit("web v2");
+    c.sync();
+    let aborted = c.wait_until("the failed post-promotion analysis to roll v2 back", || {
+        record(&c.history("web"), "rollout-aborted").cloned()
+    });
+    let history = c.history("web");
+    assert!(
+        history.iter().any(|r| r["action"] == "rollout-promoted"
+            || r["reason"].as_str().is_some_and(|x| x.contains("promot"))),
+        "v2 was promoted before its analysis failed: {history:#?}"
+    );
+    wait_until("v1 serves again", || {
+        answer(u64::from(port)).filter(|b| b == "v1")
+    });
+    c.wait_until("web degraded", || {
+        let app = c.app("web")?;
+        (app["health"]["status"] == "Degraded").then_some(())
+    });
+    assert!(
+        aborted["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("post-promotion")),
+        "{aborted}"
+    );
+}
