@@ -16,6 +16,7 @@ mod flags_cmd;
 mod load;
 mod paths;
 mod proxy_cmd;
+mod release;
 mod rollout_cmd;
 mod up;
 
@@ -116,6 +117,9 @@ enum Command {
     /// Send GET requests at a fixed rate for a fixed time and print a JSON summary of the
     /// answers (statuses, errors, bodies); bounded, for tests and demos.
     Load(load::LoadArgs),
+    /// Change fields of an application's manifest in Git as one commit (the CI hand-off):
+    /// `release APP --set FIELD=VALUE [--push]`; prints the new commit.
+    Release(Box<release::ReleaseArgs>),
 }
 
 fn main() -> ExitCode {
@@ -149,5 +153,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DemoApp(args) => demo_app::run(args),
         Command::Proxy(args) => proxy_cmd::run(args, state_dir()?),
         Command::Load(args) => load::run(args),
+        Command::Release(args) => release::run(*args),
     }
 }

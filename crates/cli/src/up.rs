@@ -86,6 +86,10 @@ pub struct UpArgs {
     /// to anyone who can reach --listen, as flagd's is. The admin token is never one of them.
     #[arg(long)]
     flags_keys_file: Option<PathBuf>,
+    /// Author and committer of the commits `onFailure: revert` pushes, as "Name <email>"
+    /// (default "Gauntlet <gauntlet@localhost>").
+    #[arg(long, value_parser = parse_author)]
+    revert_author: Option<String>,
 }
 
 /// How long calls in flight may take to finish once the controller is stopping.
@@ -97,6 +101,11 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err("the polling interval must be at least 1s".into());
     }
     Ok(d)
+}
+
+fn parse_author(s: &str) -> Result<String, String> {
+    s.parse::<gauntlet_source::Identity>()
+        .map(|author| author.to_string())
 }
 
 fn auth(args: &UpArgs) -> Result<Option<Auth>> {
@@ -248,6 +257,7 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
             interval: args.interval,
             allow_empty: args.allow_empty,
             proxy: Some(ProxyLink::new(token.clone(), proxy_process)),
+            revert_author: args.revert_author.clone(),
         },
         runtime.clone(),
         store.clone(),

@@ -86,6 +86,9 @@ pub struct ControllerConfig {
     pub allow_empty: bool,
     /// The proxy serving the applications' `service.listen` addresses, if one runs.
     pub proxy: Option<ProxyLink>,
+    /// Author of the commits `onFailure: revert` pushes (`Name <email>`); `None` for
+    /// `Gauntlet <gauntlet@localhost>`.
+    pub revert_author: Option<String>,
 }
 
 /// Which source a stored commit came from: a restart with another `--repo`, `--branch` or
@@ -171,6 +174,7 @@ struct Inner<R> {
     reconciled: watch::Sender<u64>,
     stopping: Mutex<HashSet<InstanceId>>,
     proxy: Option<ProxyLink>,
+    revert_author: Option<String>,
     /// Serialises pushes to the proxy with their audit records.
     traffic: tokio::sync::Mutex<()>,
     /// The proxy's counters over the last window.
@@ -269,6 +273,7 @@ impl<R: Runtime + Clone> Controller<R> {
                 reconciled: watch::channel(0).0,
                 stopping: Mutex::new(HashSet::new()),
                 proxy: config.proxy,
+                revert_author: config.revert_author,
                 traffic: tokio::sync::Mutex::new(()),
                 live: Mutex::new(Readings::default()),
                 rollouts: Mutex::new(BTreeMap::new()),
@@ -757,6 +762,7 @@ impl<R: Runtime + Clone> Controller<R> {
         let mut records = Vec::new();
         let mut traffic = BTreeMap::new();
         let mut measurements = Vec::new();
+        let mut reverts = Vec::new();
         {
             let live = lock(&self.inner.live);
             let mut rollouts = lock(&self.inner.rollouts);
@@ -816,6 +822,14 @@ impl<R: Runtime + Clone> Controller<R> {
                     }
                 }
                 for action in &step.actions {
+                    if let (engine::Action::Aborted(abort), Some(stable)) =
+                        (action, &rollout.state.stable)
+                    {
+                        if declared.value.spec.on_failure == Some(gauntlet_spec::OnFailure::Revert)
+                        {
+                            reverts.push((name.clone(), abort.clone(), stable.clone()));
+                        }
+                    }
                     if let engine::Action::Measure {
                         run,
                         metric,
@@ -855,6 +869,9 @@ impl<R: Runtime + Clone> Controller<R> {
             }
         }
         *write(&self.inner.rollout_traffic) = traffic;
+        for (app, abort, stable) in reverts {
+            tokio::spawn(self.clone().revert(app, abort, stable));
+        }
         for (app, run, metric, provider, context) in measurements {
             let this = self.clone();
             tokio::spawn(async move {
@@ -872,6 +889,45 @@ impl<R: Runtime + Clone> Controller<R> {
             });
         }
         Some(targets)
+    }
+
+    /// `onFailure: revert`: commits and pushes the restoration of `app`'s stable manifest (see
+    /// `gauntlet_source::revert`), audits the outcome and fetches at once, so the revert
+    /// becomes the applied commit.
+    async fn revert(self, app: String, abort: engine::Abort, stable: String) {
+        let source = self.inner.source.config();
+        let author = match self.inner.revert_author.as_deref().map(str::parse) {
+            Some(Ok(author)) => author,
+            Some(Err(e)) => {
+                tracing::warn!("--revert-author: {e}; using Gauntlet's own");
+                gauntlet_source::Identity::gauntlet()
+            }
+            None => gauntlet_source::Identity::gauntlet(),
+        };
+        let work_dir = source.cache_dir.with_extension(format!("revert-{app}"));
+        let request = gauntlet_source::revert::RevertRequest {
+            source,
+            app: &app,
+            failed_revision: &abort.revision,
+            stable_revision: &stable,
+            reason: &abort.reason,
+            author: &author,
+            work_dir: &work_dir,
+        };
+        let record = match gauntlet_source::revert::revert(&request).await {
+            Ok(done) => AuditRecord::now(
+                Actor::Controller,
+                &app,
+                "rollout-reverted",
+                format!(
+                    "pushed {} restoring {} as of {} (the failed revision came with {})",
+                    done.commit, done.file, done.restored_from, done.offending
+                ),
+            ),
+            Err(e) => AuditRecord::now(Actor::Controller, &app, "revert-error", e.to_string()),
+        };
+        let _ = self.audit(vec![record]).await;
+        self.trigger_fetch();
     }
 
     /// The rollout of `app` as `gauntlet rollout get` shows it; `None` when the application

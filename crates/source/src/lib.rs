@@ -13,6 +13,8 @@
 //!   files under the sub-path ([`snapshot`]).
 //! - [`webhook`] checks that a push notification really comes from GitHub or GitLab, so that it
 //!   can trigger an immediate `remote_head`.
+//! - [`WorkingCopy`] is the write side: a branch checked out to change a manifest, commit and
+//!   push (never forced), used by [`revert`] (`onFailure: revert`) and `gauntlet release`.
 //!
 //! Credentials ([`Auth`]) are read at each call and handed to git through its environment only.
 //! Every git call runs with a timeout and is killed, with whatever it spawned, when it expires.
@@ -41,8 +43,10 @@ mod error;
 mod git;
 mod mirror;
 mod reference;
+pub mod revert;
 pub mod snapshot;
 pub mod webhook;
+mod working_copy;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +55,7 @@ pub use auth::{Auth, Secret};
 pub use error::SourceError;
 pub use git::redact_url;
 pub use snapshot::{Snapshot, SourceFile};
+pub use working_copy::{CommitSummary, Identity, WorkingCopy};
 
 use git::Git;
 use reference::Reference;
