@@ -809,6 +809,7 @@ impl<R: Runtime + Clone> Controller<R> {
                     &declared.revision,
                     &instances,
                     &live.latest(name),
+                    &live.window(name),
                 );
                 let step = engine::step(&spec, &rollout.state, &obs, now);
                 let before = rollout.clone();

@@ -68,6 +68,25 @@ impl Readings {
             .collect()
     }
 
+    /// What each revision of `app` did over the window: the newest reading minus the oldest.
+    /// A revision seen once has done everything in its one reading since it was added.
+    pub fn window(&self, app: &str) -> BTreeMap<String, MetricsSnapshot> {
+        self.by_revision
+            .iter()
+            .filter(|((a, _), _)| a == app)
+            .filter_map(|((_, revision), series)| {
+                let (_, first) = series.front()?;
+                let (_, last) = series.back()?;
+                let d = if series.len() == 1 {
+                    *last
+                } else {
+                    delta(first, last)
+                };
+                Some((revision.clone(), d))
+            })
+            .collect()
+    }
+
     /// The rates of one revision over the window; `None` before two readings.
     pub fn rates(&self, app: &str, revision: &str) -> Option<RevisionRates> {
         let series = self

@@ -124,23 +124,32 @@ pub struct Pending {
     pub restarted: bool,
 }
 
-/// The observations of one step, taking the pending inputs.
+/// The observations of one step, taking the pending inputs. `counters` are each revision's
+/// newest counters, `window` what each did over the live window: the first time a revision is
+/// watched, its window is its delta, so the stable baseline starts with the last seconds of
+/// stable traffic and a new candidate's first requests are judged too. After a restart the
+/// first reading is only a baseline: the window's requests were judged before it.
 pub fn observations(
     rollout: &AppRollout,
     pending: &mut Pending,
     desired_revision: &str,
     instances: &[&Instance],
     counters: &BTreeMap<String, MetricsSnapshot>,
+    window: &BTreeMap<String, MetricsSnapshot>,
 ) -> Observations {
     let mut ready: BTreeMap<String, u32> = BTreeMap::new();
     for inst in instances.iter().filter(|i| i.is_ready()) {
         *ready.entry(inst.revision.clone()).or_default() += 1;
     }
+    let restarted = pending.restarted;
     let mut delta_of = |revision: Option<&String>| -> Option<TrafficDelta> {
         let revision = revision?;
         let now = counters.get(revision)?;
-        let before = pending.fed.insert(revision.clone(), *now)?;
-        let d = gauntlet_proxy::metrics::delta(&before, now);
+        let d = match pending.fed.insert(revision.clone(), *now) {
+            Some(before) => gauntlet_proxy::metrics::delta(&before, now),
+            None if restarted => return None,
+            None => *window.get(revision)?,
+        };
         let outcomes: u64 = d.responses.iter().sum::<u64>() + d.connect_errors + d.timeouts;
         Some(TrafficDelta {
             requests: outcomes,
@@ -178,6 +187,8 @@ pub fn absorb(rollout: &mut AppRollout, app: &str, step: &engine::Step) -> Vec<A
                     rollout.targets.insert(revision.clone(), *replicas);
                 }
             }
+            // The `Aborted` action below records the abort with its evidence.
+            RolloutAction::Event(e) if e.reason == "Aborted" => {}
             RolloutAction::Event(e) => {
                 let actor = match &e.actor {
                     Some(user) => Actor::User(user.clone()),
@@ -285,7 +296,7 @@ mod tests {
     }
 
     #[test]
-    fn the_first_reading_of_a_revision_is_a_baseline_and_later_ones_are_deltas() {
+    fn the_first_reading_of_a_revision_is_its_window_and_later_ones_are_deltas() {
         let rollout = AppRollout::seeded(&[&inst("s", 1, true)]);
         let mut pending = Pending::default();
         let snapshot = |requests: u64, errors: u64| {
@@ -299,11 +310,16 @@ mod tests {
         };
         let a = inst("s", 1, true);
         let counters = BTreeMap::from([("s".to_string(), snapshot(100, 1))]);
-        let obs = observations(&rollout, &mut pending, "s", &[&a], &counters);
-        assert_eq!(obs.stable_traffic, None);
+        let obs = observations(&rollout, &mut pending, "s", &[&a], &counters, &counters);
+        let first = obs.stable_traffic.unwrap();
+        assert_eq!(
+            (first.requests, first.failures),
+            (100, 1),
+            "the first reading judges the window"
+        );
         assert_eq!(obs.ready["s"], 1);
         let counters = BTreeMap::from([("s".to_string(), snapshot(150, 3))]);
-        let obs = observations(&rollout, &mut pending, "s", &[&a], &counters);
+        let obs = observations(&rollout, &mut pending, "s", &[&a], &counters, &counters);
         let d = obs.stable_traffic.unwrap();
         assert_eq!((d.requests, d.failures), (50, 2));
     }

@@ -263,8 +263,14 @@ impl GuardConfig {
 
     /// H0 and H1 of the error test given the stable outcomes seen so far.
     pub fn error_hypotheses(&self, stable_requests: u64, stable_failures: u64) -> (f64, f64) {
+        let rate = |n: u64| stable_failures.min(n) as f64 / n as f64;
         let observed = if stable_requests >= self.min_stable_requests && stable_requests > 0 {
-            stable_failures.min(stable_requests) as f64 / stable_requests as f64
+            rate(stable_requests)
+        } else if stable_requests > 0 {
+            // Too little stable traffic to trust alone, but never assume stable is better than
+            // it has shown itself: a stable at 1 % judged against 0.1 % would roll back good
+            // candidates far more often than α.
+            rate(stable_requests).max(self.baseline_error_rate)
         } else {
             self.baseline_error_rate
         };
@@ -811,9 +817,19 @@ mod tests {
     fn the_baseline_is_stable_above_the_floor_or_the_configured_rate() {
         let cfg = GuardConfig::default();
         assert_eq!(
-            cfg.error_hypotheses(10, 5),
+            cfg.error_hypotheses(0, 0),
             (0.001, 0.05),
-            "too little stable traffic"
+            "no stable traffic: the configured baseline"
+        );
+        assert_eq!(
+            cfg.error_hypotheses(100, 0),
+            (0.001, 0.05),
+            "too little stable traffic to go below the configured baseline"
+        );
+        let (p0, p1) = cfg.error_hypotheses(100, 2);
+        assert!(
+            (p0 - 0.02).abs() < 1e-12 && (p1 - 0.05).abs() < 1e-12,
+            "but never below what stable has shown: {p0} {p1}"
         );
         assert_eq!(cfg.error_hypotheses(10_000, 0), (0.001, 0.05), "the floor");
         let (p0, p1) = cfg.error_hypotheses(10_000, 400);
