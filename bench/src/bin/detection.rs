@@ -51,7 +51,7 @@ const FLAGGER_S: f64 = 600.0;
 /// Argo Rollouts: `interval` 1m × (`failureLimit` 0 + 1); a 1m query window fills within it.
 const ARGO_S: f64 = 60.0;
 const SEED: u64 = 0x0D37_EC71_0000_0001;
-const SIM_READ_MS: u64 = 250;
+const SIM_READ_MS: u64 = 100;
 const SIM_HORIZON_MS: u64 = 120_000;
 
 fn main() -> Result<()> {

@@ -1,6 +1,6 @@
 //! Live traffic per (application, revision), from the proxy's counters.
 //!
-//! The controller reads the proxy's metrics snapshot every [`READ_EVERY`] (four times a
+//! The controller reads the proxy's metrics snapshot every [`READ_EVERY`] (ten times a
 //! second) and keeps the readings of the last [`WINDOW`] per revision. Rates, error rates and
 //! latency quantiles are the difference between the newest and the oldest reading of the
 //! window, so they are exact counts over a known interval, not samples: a revision that got 200
@@ -17,7 +17,7 @@ use gauntlet_proxy::metrics::{delta, MetricsSnapshot};
 use serde::{Deserialize, Serialize};
 
 /// How often the controller reads the proxy's metrics.
-pub const READ_EVERY: Duration = Duration::from_millis(250);
+pub const READ_EVERY: Duration = Duration::from_millis(100);
 /// The window rates and quantiles are computed over.
 pub const WINDOW: Duration = Duration::from_secs(10);
 

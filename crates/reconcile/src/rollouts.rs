@@ -11,7 +11,7 @@
 //! at any point restarts from the last committed state, and the engine is told it restarted so
 //! a pause keeps its remaining time.
 //!
-//! The guard's deltas come from the counters the controller reads four times a second
+//! The guard's deltas come from the counters the controller reads ten times a second
 //! ([`crate::live`]): the first reading of a revision after a (re)start is a baseline, never a
 //! delta, so requests counted before the candidate was watched are not judged.
 

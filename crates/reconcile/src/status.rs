@@ -85,7 +85,7 @@ pub struct TrafficShare {
     /// Endpoints finishing their requests before their instance stops.
     pub draining: usize,
     /// Requests per second, error rate and latency over the last 10 s, from the proxy's
-    /// counters (read four times a second).
+    /// counters (read ten times a second).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<crate::live::RevisionRates>,
 }
