@@ -1,7 +1,7 @@
 //! The rollout engine: `step(spec, state, observations, now_ms) -> (state, actions)`, pure.
 //!
 //! One [`RolloutState`] per application. The shell calls [`step`] whenever something may have
-//! changed (a new commit, a metrics reading four times a second, a measurement, an operator
+//! changed (a new commit, a metrics reading ten times a second, a measurement, an operator
 //! command, the wake-up time [`Step::wake_at_ms`]), commits the new state to the store, then
 //! executes the actions. Actions are level-triggered and idempotent: traffic is the whole
 //! routing table ([`Traffic`]), scaling is an absolute replica count, so an action replayed

@@ -12,7 +12,7 @@
 //! llr = f·ln(p1/p0) + (n − f)·ln((1 − p1)/(1 − p0))
 //! ```
 //!
-//! It is a sum over requests, so the controller's counter deltas (read four times a second) give
+//! It is a sum over requests, so the controller's counter deltas (read ten times a second) give
 //! exactly the statistic individual requests would; the only difference is that the boundaries
 //! are checked once per delta, which can only overshoot them a little (fewer looks means fewer
 //! false alarms and slightly later decisions). Wald's boundaries are
