@@ -13,6 +13,7 @@ mod dataplane;
 mod demo;
 mod demo_app;
 mod flags_cmd;
+mod git_auth;
 mod load;
 mod paths;
 mod proxy_cmd;

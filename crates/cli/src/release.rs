@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gauntlet_source::revert::document_range;
-use gauntlet_source::{Auth, Identity, Secret, WorkingCopy};
+use gauntlet_source::{Identity, WorkingCopy};
 use gauntlet_spec::SourceFile;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -60,22 +60,8 @@ pub struct ReleaseArgs {
     /// Where a local working copy pushes to: a remote's name or a URL.
     #[arg(long, default_value = "origin")]
     remote: String,
-    /// File holding a bearer token for an http(s) repository.
-    #[arg(long, conflicts_with_all = ["git_token_env", "git_username"])]
-    git_token_file: Option<PathBuf>,
-    /// Environment variable holding a bearer token for an http(s) repository.
-    #[arg(long)]
-    git_token_env: Option<String>,
-    /// User name for HTTP basic authentication; the password comes from
-    /// --git-password-file or --git-password-env.
-    #[arg(long)]
-    git_username: Option<String>,
-    /// File holding the password for --git-username.
-    #[arg(long)]
-    git_password_file: Option<PathBuf>,
-    /// Environment variable holding the password for --git-username.
-    #[arg(long)]
-    git_password_env: Option<String>,
+    #[command(flatten)]
+    git: crate::git_auth::GitAuthArgs,
 }
 
 fn parse_identity(s: &str) -> Result<Identity, String> {
@@ -107,7 +93,7 @@ async fn release(args: ReleaseArgs) -> Result<ExitCode> {
         .iter()
         .map(|s| Edit::parse(s))
         .collect::<Result<Vec<_>>>()?;
-    let auth = auth(&args)?;
+    let auth = args.git.auth()?;
     let local = Path::new(&args.repo).join(".git").is_dir();
     let mut scratch = Scratch(None);
     let copy = if local {
@@ -206,29 +192,6 @@ async fn release(args: ReleaseArgs) -> Result<ExitCode> {
     }
     println!("{commit}");
     Ok(ExitCode::SUCCESS)
-}
-
-fn auth(args: &ReleaseArgs) -> Result<Option<Auth>> {
-    if let Some(f) = &args.git_token_file {
-        return Ok(Some(Auth::Bearer(Secret::File(f.clone()))));
-    }
-    if let Some(e) = &args.git_token_env {
-        return Ok(Some(Auth::Bearer(Secret::Env(e.clone()))));
-    }
-    if let Some(user) = &args.git_username {
-        let password = match (&args.git_password_file, &args.git_password_env) {
-            (Some(f), None) => Secret::File(f.clone()),
-            (None, Some(e)) => Secret::Env(e.clone()),
-            _ => bail!(
-                "--git-username needs exactly one of --git-password-file or --git-password-env"
-            ),
-        };
-        return Ok(Some(Auth::Basic {
-            username: user.clone(),
-            password,
-        }));
-    }
-    Ok(None)
 }
 
 /// One `--set FIELD=VALUE`.

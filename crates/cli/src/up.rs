@@ -24,7 +24,7 @@ use gauntlet_reconcile::proxy_link::ProxyLink;
 use gauntlet_reconcile::{Controller, ControllerConfig};
 use gauntlet_runtime::local::LocalRuntime;
 use gauntlet_runtime::Runtime;
-use gauntlet_source::{redact_url, Auth, Secret, SourceConfig};
+use gauntlet_source::{redact_url, SourceConfig};
 use gauntlet_store::{Actor, AuditRecord, Store};
 use tokio::sync::watch;
 
@@ -56,22 +56,8 @@ pub struct UpArgs {
     /// (or set GAUNTLET_WEBHOOK_SECRET).
     #[arg(long)]
     webhook_secret_file: Option<PathBuf>,
-    /// File holding a bearer token for an http(s) repository.
-    #[arg(long, conflicts_with_all = ["git_token_env", "git_username"])]
-    git_token_file: Option<PathBuf>,
-    /// Environment variable holding a bearer token for an http(s) repository.
-    #[arg(long)]
-    git_token_env: Option<String>,
-    /// User name for HTTP basic authentication; the password comes from
-    /// --git-password-file or --git-password-env.
-    #[arg(long)]
-    git_username: Option<String>,
-    /// File holding the password for --git-username.
-    #[arg(long)]
-    git_password_file: Option<PathBuf>,
-    /// Environment variable holding the password for --git-username.
-    #[arg(long)]
-    git_password_env: Option<String>,
+    #[command(flatten)]
+    git: crate::git_auth::GitAuthArgs,
     /// Apply a commit that defines no application even while instances run, pruning them
     /// all. Off by default, like Argo CD's allowEmpty: an emptied tree is more often a mistake
     /// (a wrong --path, a bad force-push) than a wish to stop everything.
@@ -106,29 +92,6 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 fn parse_author(s: &str) -> Result<String, String> {
     s.parse::<gauntlet_source::Identity>()
         .map(|author| author.to_string())
-}
-
-fn auth(args: &UpArgs) -> Result<Option<Auth>> {
-    if let Some(f) = &args.git_token_file {
-        return Ok(Some(Auth::Bearer(Secret::File(f.clone()))));
-    }
-    if let Some(e) = &args.git_token_env {
-        return Ok(Some(Auth::Bearer(Secret::Env(e.clone()))));
-    }
-    if let Some(user) = &args.git_username {
-        let password = match (&args.git_password_file, &args.git_password_env) {
-            (Some(f), None) => Secret::File(f.clone()),
-            (None, Some(e)) => Secret::Env(e.clone()),
-            _ => bail!(
-                "--git-username needs exactly one of --git-password-file or --git-password-env"
-            ),
-        };
-        return Ok(Some(Auth::Basic {
-            username: user.clone(),
-            password,
-        }));
-    }
-    Ok(None)
 }
 
 fn evaluation_keys(args: &UpArgs, admin_token: &str) -> Result<gauntlet_api::EvaluationKeys> {
@@ -221,7 +184,7 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
     let mut sigterm = signal(SignalKind::terminate())?;
 
     refuse_password_in_url(&args.repo)?;
-    let auth = auth(&args)?;
+    let auth = args.git.auth()?;
     let webhook_secret = webhook_secret(&args)?;
     let token = paths::ensure_state_dir(&state_dir)?;
     let evaluation_keys = evaluation_keys(&args, &token)?;

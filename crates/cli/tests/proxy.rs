@@ -6,52 +6,12 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::proxy::{app, demo_app, http, Process};
 use common::{free_port, wait_until, wait_until_or, BIN, DEADLINE};
 use serde_json::{json, Value};
-
-/// A child process killed when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("an HTTP client")
-}
-
-/// A `gauntlet demo-app` answering `version` on a port of its own, once it answers.
-fn demo_app(version: &str) -> (Process, u16) {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["demo-app", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--version", version])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gauntlet demo-app starts");
-    let process = Process(child);
-    let client = http();
-    wait_until(&format!("demo-app {version} on {port}"), || {
-        client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .ok()
-            .filter(|r| r.status().is_success())
-    });
-    (process, port)
-}
 
 /// A `gauntlet proxy` process with its own state directory and admin port.
 struct ProxyProcess {
@@ -170,21 +130,6 @@ impl ProxyProcess {
             .and_then(|r| r.text())
             .expect("/metrics answers")
     }
-}
-
-/// One application on `listen` with `(revision, weight, endpoint ports)`.
-fn app(name: &str, listen: u16, revisions: &[(&str, u32, &[u16])]) -> Value {
-    let revisions: Vec<Value> = revisions
-        .iter()
-        .map(|(revision, weight, ports)| {
-            let endpoints: Vec<Value> = ports
-                .iter()
-                .map(|p| json!({"addr": format!("127.0.0.1:{p}")}))
-                .collect();
-            json!({"name": revision, "weight": weight, "endpoints": endpoints})
-        })
-        .collect();
-    json!({"name": name, "listen": format!("127.0.0.1:{listen}"), "revisions": revisions})
 }
 
 /// GET through the proxy: status and trimmed body.

@@ -210,27 +210,20 @@ pub fn plan_with(
                     to: replicas,
                 }
             };
-            for _ in current.len()..replicas {
-                actions.push(Action::Start {
-                    spec: Box::new(InstanceSpec {
-                        app: name.clone(),
-                        revision: revision.clone(),
-                        process: app.spec.process.clone(),
-                        readiness: app.spec.readiness.clone(),
-                    }),
-                    cause: cause.clone(),
-                });
-            }
+            starts(
+                &mut actions,
+                &name,
+                app,
+                &revision,
+                replicas - current.len(),
+                &cause,
+            );
         } else if current.len() > replicas {
-            // Stop the least useful first: not ready, then newest.
-            current.sort_by_key(|i| (i.is_ready(), std::cmp::Reverse(i.created_ms)));
             let cause = Cause::Scale {
                 from: current.len(),
                 to: replicas,
             };
-            for inst in &current[..current.len() - replicas] {
-                actions.push(stop(inst, cause.clone()));
-            }
+            stop_extras(&mut actions, &mut current, replicas, &cause);
         }
         if !old.is_empty() && ready >= replicas {
             for inst in &old {
@@ -328,19 +321,15 @@ fn plan_rollout(
                     to: want,
                 }
             };
-            for _ in instances.len()..want {
-                actions.push(Action::Start {
-                    spec: Box::new(InstanceSpec {
-                        app: name.to_string(),
-                        revision: revision.to_string(),
-                        process: app.spec.process.clone(),
-                        readiness: app.spec.readiness.clone(),
-                    }),
-                    cause: cause.clone(),
-                });
-            }
+            starts(
+                &mut actions,
+                name,
+                app,
+                revision,
+                want - instances.len(),
+                &cause,
+            );
         } else if instances.len() > want {
-            instances.sort_by_key(|i| (i.is_ready(), std::cmp::Reverse(i.created_ms)));
             let cause = if want == 0 {
                 Cause::Replaced {
                     by: targets.active.clone(),
@@ -351,9 +340,7 @@ fn plan_rollout(
                     to: want,
                 }
             };
-            for inst in &instances[..instances.len() - want] {
-                actions.push(stop(inst, cause.clone()));
-            }
+            stop_extras(&mut actions, &mut instances, want, &cause);
         }
     }
     let ready = current.iter().filter(|i| i.is_ready()).count();
@@ -377,6 +364,36 @@ fn plan_rollout(
         health,
     };
     (actions, plan)
+}
+
+/// Starts `n` instances of `revision` of `app`.
+fn starts(
+    actions: &mut Vec<Action>,
+    name: &str,
+    app: &gauntlet_spec::Application,
+    revision: &str,
+    n: usize,
+    cause: &Cause,
+) {
+    for _ in 0..n {
+        actions.push(Action::Start {
+            spec: Box::new(InstanceSpec {
+                app: name.to_string(),
+                revision: revision.to_string(),
+                process: app.spec.process.clone(),
+                readiness: app.spec.readiness.clone(),
+            }),
+            cause: cause.clone(),
+        });
+    }
+}
+
+/// Stops all but `keep` of `instances`, the least useful first: not ready, then newest.
+fn stop_extras(actions: &mut Vec<Action>, instances: &mut [&Instance], keep: usize, cause: &Cause) {
+    instances.sort_by_key(|i| (i.is_ready(), std::cmp::Reverse(i.created_ms)));
+    for inst in &instances[..instances.len() - keep] {
+        actions.push(stop(inst, cause.clone()));
+    }
 }
 
 fn stop(inst: &Instance, cause: Cause) -> Action {
