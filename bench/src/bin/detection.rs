@@ -17,10 +17,12 @@
 //! audit record (stamped right after the engine's step that aborted); the `traffic` record
 //! after it is stamped when the proxy accepted the configuration without the candidate.
 //!
-//! **Simulation.** `gauntlet_rollout::engine::step` on simulated time: readings every 250 ms
-//! of 100 requests (400/s), each routed to the candidate with the weight the engine set, and
+//! **Simulation.** `gauntlet_rollout::engine::step` on simulated time: readings every 100 ms
+//! of 40 requests (400/s), each routed to the candidate with the weight the engine set, and
 //! failing with the revision's true rate; half the candidates good (at stable's rate), half
-//! bad (at the guard's p1); 120 s of traffic per rollout; a fixed seed.
+//! bad (at the guard's p1); 120 s of traffic per rollout; a fixed seed. Each baseline runs
+//! twice: with 10 s of stable history as the first reading (the controller's live window, what
+//! a rollout under steady traffic sees) and with none (a controller just started).
 //!
 //! `./target/release/detection [all|e2e|sim] [ROLLOUTS]` (the `gauntlet` binary must sit next
 //! to this one: build both with the same target directory).
@@ -53,6 +55,8 @@ const ARGO_S: f64 = 60.0;
 const SEED: u64 = 0x0D37_EC71_0000_0001;
 const SIM_READ_MS: u64 = 100;
 const SIM_HORIZON_MS: u64 = 120_000;
+/// The controller's live window: a revision's first reading covers this much traffic.
+const SIM_WINDOW_S: u64 = 10;
 
 fn main() -> Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -851,12 +855,30 @@ fn observations(desired: &str) -> Observations {
 }
 
 /// One rollout of a candidate failing at `p` over a stable failing at `baseline`.
-fn sim_rollout(spec: &RolloutSpec, rng: &mut SplitMix64, p: f64, baseline: f64) -> SimOutcome {
+/// With `history`, the first reading of stable is its live window (the controller's
+/// `WINDOW` of traffic at full weight before the rollout), as the controller gives it.
+fn sim_rollout(
+    spec: &RolloutSpec,
+    rng: &mut SplitMix64,
+    p: f64,
+    baseline: f64,
+    history: bool,
+) -> SimOutcome {
     let mut state = step(spec, &RolloutState::default(), &observations(STABLE), 0).state;
     state = step(spec, &state, &observations(CANDIDATE), 1).state;
     let per_reading = u64::from(RATE) * SIM_READ_MS / 1000;
     let (mut requests, mut failures) = (0, 0);
     let mut now = 1;
+    if history {
+        let n = u64::from(RATE) * SIM_WINDOW_S;
+        let f = (0..n).filter(|_| rng.bernoulli(baseline)).count() as u64;
+        let obs = Observations {
+            stable_traffic: Some(TrafficDelta::outcomes(n, f)),
+            candidate_traffic: Some(TrafficDelta::default()),
+            ..observations(CANDIDATE)
+        };
+        state = step(spec, &state, &obs, now).state;
+    }
     while now < SIM_HORIZON_MS {
         now += SIM_READ_MS;
         let weight = f64::from(state.traffic.candidate_weight) / f64::from(FULL_WEIGHT);
@@ -898,14 +920,14 @@ fn sim_rollout(spec: &RolloutSpec, rng: &mut SplitMix64, p: f64, baseline: f64) 
 }
 
 fn simulation(cfg: &GuardConfig, rollouts: u64) {
-    let per_baseline = (rollouts / BASELINES.len() as u64).max(2);
+    let per_row = (rollouts / BASELINES.len() as u64).max(2);
     let mut rng = SplitMix64::new(SEED);
     println!();
     println!(
-        "simulation: {} rollouts with gauntlet_rollout::engine::step, seed {SEED:#x}: {RATE} req/s in \
+        "simulation: {} rollouts per row with gauntlet_rollout::engine::step, seed {SEED:#x}: {RATE} req/s in \
          readings every {SIM_READ_MS} ms, canary {:.0} %, {} s of traffic each; half good (true rate = \
          stable's), half bad (true rate = the guard's p1)",
-        per_baseline * BASELINES.len() as u64,
+        per_row,
         WEIGHT * 100.0,
         SIM_HORIZON_MS / 1000
     );
@@ -915,19 +937,31 @@ fn simulation(cfg: &GuardConfig, rollouts: u64) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for baseline in BASELINES {
-        sim_row(cfg, "defaults", baseline, per_baseline, &mut rng);
+        let label = format!("defaults, {SIM_WINDOW_S} s of stable history");
+        sim_row(cfg, &label, baseline, per_row, true, &mut rng);
     }
-    // The same 1 % stable with the configured baseline telling the truth: isolates what the
-    // first `minStableRequests` stable outcomes (judged against `baselineErrorRate`) cost.
-    let told = GuardConfig {
-        baseline_error_rate: BASELINES[1],
-        ..cfg.clone()
-    };
-    let label = format!("baselineErrorRate {}", BASELINES[1]);
-    sim_row(&told, &label, BASELINES[1], per_baseline, &mut rng);
+    // No history: the controller was just started, or stable had no traffic before. The
+    // first `minStableRequests` stable outcomes are all the guard knows of the baseline.
+    for baseline in BASELINES {
+        sim_row(
+            cfg,
+            "defaults, no history",
+            baseline,
+            per_row,
+            false,
+            &mut rng,
+        );
+    }
 }
 
-fn sim_row(cfg: &GuardConfig, label: &str, baseline: f64, rollouts: u64, rng: &mut SplitMix64) {
+fn sim_row(
+    cfg: &GuardConfig,
+    label: &str,
+    baseline: f64,
+    rollouts: u64,
+    history: bool,
+    rng: &mut SplitMix64,
+) {
     let spec = sim_spec(cfg);
     let bounds = cfg.boundaries();
     let (p0, p1) = steady_hypotheses(cfg, baseline);
@@ -937,11 +971,11 @@ fn sim_row(cfg: &GuardConfig, label: &str, baseline: f64, rollouts: u64, rng: &m
     for i in 0..rollouts {
         if i % 2 == 0 {
             good += 1;
-            let o = sim_rollout(&spec, rng, p0, baseline);
+            let o = sim_rollout(&spec, rng, p0, baseline, history);
             false_rollbacks += u64::from(o.aborted);
         } else {
             bad += 1;
-            let o = sim_rollout(&spec, rng, p1, baseline);
+            let o = sim_rollout(&spec, rng, p1, baseline, history);
             missed += u64::from(o.accepted_first);
             not_rolled_back += u64::from(!o.aborted);
             if o.aborted {

@@ -1520,7 +1520,7 @@ mod tests {
 
     fn bad_reading(requests: u64, failures: u64) -> Observations {
         Observations {
-            stable_traffic: Some(TrafficDelta::outcomes(200, 0)),
+            stable_traffic: Some(TrafficDelta::outcomes(2_000, 0)),
             candidate_traffic: Some(TrafficDelta::outcomes(requests, failures)),
             ..obs(CANDIDATE)
         }

@@ -23,7 +23,12 @@
 //! product stays a martingale under H0):
 //!
 //! - with at least `minStableRequests` stable outcomes, `p0 = stable failures / stable outcomes`;
-//! - with fewer, `p0 = baselineErrorRate` (the configured absolute rate);
+//! - with fewer (but some), the worst rate stable plausibly has: Wilson's 95 % upper bound on
+//!   its observed rate, at least `baselineErrorRate` and at most `maxErrorRate / minErrorRatio`
+//!   (2.5 % by default; above it the test could not tell a bad candidate from stable). A stable
+//!   at 1 % seen over 200 requests often shows no failure, and judging a good candidate against
+//!   0.1 % then would roll it back far more often than α;
+//! - with none, `p0 = baselineErrorRate` (the configured absolute rate);
 //! - either way `p0 ≥ errorRateFloor` (default 0.1 %) and `p0 ≤ 0.5`.
 //!
 //! The floor matters: at `p0 → 0` a single failed request is infinite evidence, so one 5xx in
@@ -267,10 +272,15 @@ impl GuardConfig {
         let observed = if stable_requests >= self.min_stable_requests && stable_requests > 0 {
             rate(stable_requests)
         } else if stable_requests > 0 {
-            // Too little stable traffic to trust alone, but never assume stable is better than
-            // it has shown itself: a stable at 1 % judged against 0.1 % would roll back good
-            // candidates far more often than α.
-            rate(stable_requests).max(self.baseline_error_rate)
+            // Too little stable traffic to trust its rate: a stable at 1 % seen over a few
+            // hundred requests often shows no failure, and a good candidate judged against
+            // 0.1 % would be rolled back far more often than α. So judge against the worst
+            // rate stable plausibly has (Wilson's 95 % upper bound), but never above the
+            // baseline at which `maxErrorRate` is still `minErrorRatio` times worse: beyond
+            // that the test could not tell a bad candidate from stable at all.
+            let plausible = wilson_upper(stable_failures.min(stable_requests), stable_requests);
+            let cap = (self.max_error_rate / self.min_error_ratio).max(self.baseline_error_rate);
+            plausible.min(cap).max(self.baseline_error_rate)
         } else {
             self.baseline_error_rate
         };
@@ -281,6 +291,17 @@ impl GuardConfig {
             .min(0.999);
         (p0, p1.max(p0 * 1.000_001))
     }
+}
+
+/// Wilson's score interval's upper bound at 95 % (one-sided) for `events` out of `n` trials.
+fn wilson_upper(events: u64, n: u64) -> f64 {
+    const Z: f64 = 1.644_853_626_951_472_2;
+    let n = n as f64;
+    let p = events as f64 / n;
+    let z2 = Z * Z;
+    let centre = p + z2 / (2.0 * n);
+    let spread = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre + spread) / (1.0 + z2 / n)).min(1.0)
 }
 
 /// The two boundaries of a Wald SPRT on the log-likelihood ratio.
@@ -823,13 +844,20 @@ mod tests {
         );
         assert_eq!(
             cfg.error_hypotheses(100, 0),
-            (0.001, 0.05),
-            "too little stable traffic to go below the configured baseline"
+            (0.025, 0.05),
+            "100 clean stable requests do not rule out 2.5 %: judged against the cap"
         );
-        let (p0, p1) = cfg.error_hypotheses(100, 2);
+        let (p0, _) = cfg.error_hypotheses(900, 0);
         assert!(
-            (p0 - 0.02).abs() < 1e-12 && (p1 - 0.05).abs() < 1e-12,
-            "but never below what stable has shown: {p0} {p1}"
+            (0.002..0.004).contains(&p0),
+            "900 clean requests: Wilson's upper bound, {p0}"
+        );
+        let (p0, _) = cfg.error_hypotheses(900, 9);
+        assert!((0.015..0.02).contains(&p0), "1 % over 900: {p0}");
+        assert_eq!(
+            cfg.error_hypotheses(999, 999),
+            (0.025, 0.05),
+            "never above maxErrorRate / minErrorRatio"
         );
         assert_eq!(cfg.error_hypotheses(10_000, 0), (0.001, 0.05), "the floor");
         let (p0, p1) = cfg.error_hypotheses(10_000, 400);
