@@ -15,6 +15,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use gauntlet_reconcile::live::RevisionRates;
 use gauntlet_reconcile::RolloutView;
+use gauntlet_rollout::analysis::AnalysisRun;
 
 use crate::client::Client;
 use crate::Output;
@@ -126,12 +127,72 @@ fn print(out: &mut dyn Write, v: &RolloutView) -> std::io::Result<()> {
             "guard      {} failed of {} requests; llr {:.2} (rollback at ≥ {:.2}, accept at ≤ {:.2}); p0 {:.4}, p1 {:.4}",
             e.events, e.requests, e.llr, e.upper, e.lower, e.p0, e.p1
         )?;
+        if let (Some(l), Some(us)) = (&g.latency, g.latency_threshold_us) {
+            writeln!(
+                out,
+                "latency    {} slower than {:.1} ms of {} requests; llr {:.2} (rollback at ≥ {:.2}, accept at ≤ {:.2})",
+                l.events,
+                us as f64 / 1000.0,
+                l.requests,
+                l.llr,
+                l.upper,
+                l.lower
+            )?;
+        }
     }
     for (key, run) in &s.runs {
-        writeln!(out, "analysis   {key:?}: {:?}", run.phase())?;
+        analysis(out, &key.to_string(), run)?;
+    }
+    for ended in &s.ended_runs {
+        let revision = ended.revision.get(..10).unwrap_or(&ended.revision);
+        analysis(
+            out,
+            &format!("{} of {revision}, ended", ended.key),
+            &ended.run,
+        )?;
     }
     if let Some(a) = &s.aborted {
         writeln!(out, "aborted    {}: {}", a.revision, a.reason)?;
+    }
+    Ok(())
+}
+
+/// A run, each metric's tally and verdict, and its latest measurements (the audit log has every
+/// one: `gauntlet history APP`).
+fn analysis(out: &mut dyn Write, label: &str, run: &AnalysisRun) -> std::io::Result<()> {
+    writeln!(out, "analysis   {label}: {:?}", run.phase())?;
+    for m in &run.metrics {
+        writeln!(
+            out,
+            "  {}{}: {:?}, {} successful, {} failed, {} inconclusive, {} errors{}",
+            m.spec.metric.name,
+            if m.spec.dry_run { " (dry run)" } else { "" },
+            m.phase,
+            m.successful,
+            m.failed,
+            m.inconclusive,
+            m.errors,
+            m.message
+                .as_deref()
+                .map(|msg| format!(" ({msg})"))
+                .unwrap_or_default()
+        )?;
+        for measured in &m.measurements {
+            let at = humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(measured.at_ms),
+            );
+            let value = measured
+                .value
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "-".into());
+            let note = measured
+                .message
+                .as_deref()
+                .map(|msg| format!(" ({msg})"))
+                .unwrap_or_default();
+            writeln!(out, "    {at}  {value}  {:?}{note}", measured.phase)?;
+        }
     }
     Ok(())
 }

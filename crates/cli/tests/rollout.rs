@@ -461,6 +461,32 @@ fn a_prometheus_analysis_over_the_proxys_metrics_promotes_or_rolls_back() {
             .contains("analysis"),
         "{aborted}"
     );
+    // Every measurement is in the audit log, the passing one and the failing one.
+    let measured: Vec<String> = c
+        .history("web")
+        .iter()
+        .filter(|r| r["action"] == "rollout-measured")
+        .map(|r| r["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        measured
+            .iter()
+            .any(|m| m.starts_with("step 2 analysis requests: ") && m.ends_with("is Successful"))
+            && measured.iter().any(|m| m.ends_with("is Failed")),
+        "{measured:?}"
+    );
+    // And the rollout's view shows the run, the metric's tally and the measurement.
+    let out = c.run_cli(&["rollout", "get", "web"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("analysis   step 2 analysis of ")
+            && shown.contains(", ended: Failed")
+            && shown.contains("requests: Failed, 0 successful, 1 failed")
+            && shown
+                .lines()
+                .any(|l| l.trim_end().ends_with("Failed") && l.starts_with("    ")),
+        "{shown}"
+    );
     wait_until("v2 answers", || {
         answer(u64::from(port)).filter(|b| b == "v2")
     });

@@ -46,6 +46,10 @@
 //! once all are complete. Unlike Argo, the run completes as soon as any metric is Failed or
 //! Error: no later measurement could make the verdict good, and the rollout should not wait.
 //! Metrics named in `dryRun` are measured and shown but never affect the run's phase.
+//!
+//! A metric keeps its last [`MEASUREMENTS_KEPT`] measurements in the run (what `gauntlet
+//! rollout get` shows); the engine records every measurement as a `Measured` event, which the
+//! controller stores in the audit log.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -56,6 +60,12 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::expr::{Condition, ParseError};
+
+/// Measurements a metric keeps in the run (Argo's default `measurementRetention`). The counts
+/// that decide the verdict cover every measurement; older ones are dropped from the run so its
+/// state stays small however long a background analysis runs, and each one remains in the
+/// audit log (`rollout-measured`).
+pub const MEASUREMENTS_KEPT: usize = 10;
 
 /// How long to wait after an Error before measuring again.
 pub const ERROR_RETRY_MS: u64 = 10_000;
@@ -584,6 +594,10 @@ impl AnalysisRun {
             message,
             at_ms: now_ms,
         });
+        if m.measurements.len() > MEASUREMENTS_KEPT {
+            let extra = m.measurements.len() - MEASUREMENTS_KEPT;
+            m.measurements.drain(..extra);
+        }
         if m.phase.is_complete() {
             return Ok(phase);
         }
@@ -723,6 +737,21 @@ mod tests {
     fn default_failure_limit_fails_on_the_first_failure() {
         let mut run = run_of(metric(json!({"interval": "10s", "count": 3})));
         assert_eq!(feed(&mut run, &[Ok(0.5)]), [Failed]);
+    }
+
+    #[test]
+    fn a_long_run_keeps_its_latest_measurements_and_counts_them_all() {
+        let mut run = run_of(metric(json!({"interval": "1s"})));
+        let values: Vec<Result<f64, &str>> = (0..25).map(|i| Ok(f64::from(i) / 1e6)).collect();
+        feed(&mut run, &values);
+        let m = &run.metrics[0];
+        assert_eq!((m.count, m.successful), (25, 25));
+        assert_eq!(m.measurements.len(), MEASUREMENTS_KEPT);
+        assert_eq!(
+            m.measurements.last().and_then(|x| x.value.clone()),
+            Some(json!(24e-6)),
+            "the newest is kept"
+        );
     }
 
     #[test]

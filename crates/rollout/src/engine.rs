@@ -244,6 +244,18 @@ pub enum RunKey {
     PostPromotion,
 }
 
+impl std::fmt::Display for RunKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Steps are shown from 1, as `rollout get` shows "step n of m".
+            RunKey::Step(i) => write!(f, "step {} analysis", i + 1),
+            RunKey::Background => f.write_str("background analysis"),
+            RunKey::PrePromotion => f.write_str("pre-promotion analysis"),
+            RunKey::PostPromotion => f.write_str("post-promotion analysis"),
+        }
+    }
+}
+
 /// A measurement taken by the shell.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -410,6 +422,18 @@ pub struct ScaleDown {
     pub at_ms: u64,
 }
 
+/// Ended analysis runs kept in the state for the status.
+pub const ENDED_RUNS_KEPT: usize = 5;
+
+/// An analysis run that ended, with the revision it judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndedRun {
+    pub revision: String,
+    pub key: RunKey,
+    pub run: AnalysisRun,
+}
+
 /// A measurement asked for and not yet answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -433,6 +457,10 @@ pub struct RolloutState {
     /// The routing table last pushed.
     pub traffic: Traffic,
     pub runs: Vec<(RunKey, AnalysisRun)>,
+    /// The latest runs that ended (passed, failed, or stopped with their rollout), newest
+    /// last, at most [`ENDED_RUNS_KEPT`]: what an operator looks at after a rollback.
+    #[serde(default)]
+    pub ended_runs: Vec<EndedRun>,
     pub in_flight: Vec<InFlight>,
     pub chaos_started: bool,
     pub guard: Guard,
@@ -605,10 +633,20 @@ impl Engine<'_> {
             self.s
                 .in_flight
                 .retain(|f| !(f.run == m.run && f.metric == m.metric));
-            if let Some((_, run)) = self.s.runs.iter_mut().find(|(k, _)| *k == m.run) {
-                // A measurement for a metric the run no longer knows is stale; ignore it.
-                let _ = run.record(&m.metric, m.at_ms, m.outcome.clone());
-            }
+            let Some((_, run)) = self.s.runs.iter_mut().find(|(k, _)| *k == m.run) else {
+                continue;
+            };
+            // A measurement for a metric the run no longer knows is stale; ignore it.
+            let Ok(phase) = run.record(&m.metric, m.at_ms, m.outcome.clone()) else {
+                continue;
+            };
+            // The run keeps only the latest measurements; the audit log keeps every one.
+            let shown = match &m.outcome {
+                Ok(value) => value.to_string(),
+                Err(error) => format!("error: {error}"),
+            };
+            let message = format!("{} {}: {shown} is {phase:?}", m.run, m.metric);
+            self.event(None, "Measured", message);
         }
 
         for cmd in &obs.commands {
@@ -687,9 +725,26 @@ impl Engine<'_> {
     fn stop_runs(&mut self) {
         for (key, mut run) in std::mem::take(&mut self.s.runs) {
             run.terminate();
-            self.actions.push(Action::StopAnalysis { run: key });
+            self.actions.push(Action::StopAnalysis { run: key.clone() });
+            self.keep_ended(key, run);
         }
         self.s.in_flight.clear();
+    }
+
+    /// Removes one run that is over (its step passed, or the operator skipped it).
+    fn retire_run(&mut self, key: &RunKey) {
+        if let Some(i) = self.s.runs.iter().position(|(k, _)| k == key) {
+            let (key, mut run) = self.s.runs.remove(i);
+            run.terminate();
+            self.keep_ended(key, run);
+        }
+    }
+
+    fn keep_ended(&mut self, key: RunKey, run: AnalysisRun) {
+        let revision = self.s.candidate.clone().unwrap_or_default();
+        self.s.ended_runs.push(EndedRun { revision, key, run });
+        let extra = self.s.ended_runs.len().saturating_sub(ENDED_RUNS_KEPT);
+        self.s.ended_runs.drain(..extra);
     }
 
     /// Forgets the candidate; it is scaled down after `delay_s` (at once for 0).
@@ -799,7 +854,7 @@ impl Engine<'_> {
             self.s.blue_green.promote_requested = true;
             self.s.blue_green.skip_post_analysis |= full;
             if full {
-                self.s.runs.retain(|(k, _)| *k != RunKey::PostPromotion);
+                self.retire_run(&RunKey::PostPromotion);
             }
             return;
         }
@@ -986,7 +1041,7 @@ impl Engine<'_> {
                             false
                         }
                         Some((RunPhase::Successful, _)) => {
-                            self.s.runs.retain(|(k, _)| *k != RunKey::Step(index));
+                            self.retire_run(&RunKey::Step(index));
                             true
                         }
                         Some((RunPhase::Failed | RunPhase::Error, msg)) => {
@@ -1598,6 +1653,19 @@ mod tests {
             1_300,
         );
         assert_eq!(s.wake_at_ms, Some(11_300));
+        let recorded: Vec<&str> = s
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event(e) if e.reason == "Measured" => Some(e.message.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            recorded,
+            ["step 2 analysis error-rate: 0.001 is Successful"],
+            "every measurement is an event, for the audit log"
+        );
         let s = step(&spec, &s.state, &obs(CANDIDATE), 11_300);
         assert_eq!(measure_actions(&s.actions).len(), 1);
         let s = step(
