@@ -208,6 +208,101 @@ fn an_operator_promotes_a_paused_canary_and_aborts_the_next_one() {
     assert!(!out.status.success());
 }
 
+/// The revisions of the application's instances.
+fn instance_revisions(c: &Controller) -> Vec<String> {
+    c.app("web")
+        .and_then(|a| a["instances"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| i["revision"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_new_commit_replaces_the_candidate_and_a_return_to_stable_ends_the_rollout() {
+    let steps = "      - setWeight: 20\n      - pause: {}\n";
+    let repo = Repo::new();
+    let port = free_port();
+    repo.write("apps/web.yaml", &canary_with_steps("v1", port, "", steps));
+    repo.commit("web v1");
+    let c = Controller::start(repo.path().to_str().unwrap(), &[]);
+    c.wait_healthy("web", 1);
+    wait_until("v1 served", || {
+        answer(u64::from(port)).filter(|b| b == "v1")
+    });
+    let stable = c.get("/api/v1/apps/web/rollout")["state"]["stable"].clone();
+    assert!(stable.is_string(), "{stable}");
+    let traffic = load(port, 40);
+    let paused_candidate = |c: &Controller| {
+        let v = c.get("/api/v1/apps/web/rollout");
+        (v["state"]["phase"] == "paused" && v["state"]["traffic"]["candidateWeight"] == 2000)
+            .then(|| v["state"]["candidate"].as_str().map(str::to_string))
+            .flatten()
+    };
+
+    repo.write("apps/web.yaml", &canary_with_steps("v2", port, "", steps));
+    repo.commit("web v2");
+    c.sync();
+    let v2 = c.wait_until("v2 paused at 20 %", || paused_candidate(&c));
+    wait_until("v2 answers", || {
+        answer(u64::from(port)).filter(|b| b == "v2")
+    });
+
+    // A new commit mid-rollout: v3 replaces v2 as the candidate and starts from the first step.
+    repo.write("apps/web.yaml", &canary_with_steps("v3", port, "", steps));
+    repo.commit("web v3");
+    c.sync();
+    let v3 = c.wait_until("v3 replaced v2 as the candidate", || {
+        paused_candidate(&c).filter(|r| *r != v2)
+    });
+    c.wait_until("v2's instance stopped", || {
+        (!instance_revisions(&c).contains(&v2)).then_some(())
+    });
+    wait_until("v3 answers", || {
+        answer(u64::from(port)).filter(|b| b == "v3")
+    });
+    assert_eq!(
+        c.get("/api/v1/apps/web/rollout")["state"]["stable"],
+        stable,
+        "stable is still v1"
+    );
+
+    // Git returns to the stable revision: the rollout ends at once, no step is waited for.
+    repo.write("apps/web.yaml", &canary_with_steps("v1", port, "", steps));
+    repo.commit("back to web v1");
+    c.sync();
+    c.wait_until("the rollout ended on v1", || {
+        let v = c.get("/api/v1/apps/web/rollout");
+        (v["state"]["candidate"].is_null()
+            && v["state"]["stable"] == stable
+            && v["state"]["traffic"]["candidateWeight"] == 0)
+            .then_some(())
+    });
+    c.wait_until("v3's instance stopped", || {
+        let revisions = instance_revisions(&c);
+        (!revisions.is_empty()
+            && revisions
+                .iter()
+                .all(|r| Some(r.as_str()) == stable.as_str()))
+        .then_some(())
+    });
+    wait_until("only v1 answers", || {
+        (0..20)
+            .all(|_| answer(u64::from(port)).is_some_and(|b| b == "v1"))
+            .then_some(())
+    });
+    assert!(v3 != v2);
+
+    let s = summary(traffic);
+    assert_eq!(
+        s["failed"], 0,
+        "no request failed through both changes: {s}"
+    );
+    for version in ["v1", "v2", "v3"] {
+        assert!(s["bodies"][version].as_u64() > Some(0), "{version}: {s}");
+    }
+}
+
 fn blue_green_app(version: &str, port: u16, preview: u16) -> String {
     canary_with_steps(version, port, "", "").replace(
         "    canary:\n      abortScaleDownDelaySeconds: 0\n      steps:\n",
