@@ -572,11 +572,13 @@ fn run_case(
             .spawn()
             .context("starting gauntlet load")?,
     );
+    // Steady traffic for a whole live window before the candidate, as in production: the
+    // guard's baseline is stable's window (the simulation's "no history" rows show the rest).
     let before = admin.total_requests().unwrap_or(0);
-    wait("load through the proxy", Duration::from_secs(20), || {
+    wait("load through the proxy", Duration::from_secs(40), || {
         admin
             .total_requests()
-            .filter(|n| *n > before + u64::from(RATE))
+            .filter(|n| *n > before + u64::from(RATE) * SIM_WINDOW_S)
     })?;
     let known: Vec<String> = admin
         .weights()
@@ -734,9 +736,9 @@ fn print_end_to_end(cfg: &GuardConfig, results: &[CaseResult]) {
         CASE_LIMIT.as_secs()
     );
     println!(
-        "| baseline | bad | p0 / p1 | Wald E[N] / E[fail] (P trip) | guard per request (sim): N / fail (P trip in 100k) | served N / failed | ratio N / fail | guard counted N / fail (p0 at trip) | first bad -> zero weight | Wald time | Flagger N / fail / time | Argo N / fail / time |"
+        "| baseline | bad | p0 / p1 | Wald E[N] / E[fail] (P trip) | SPRT per request (sim, exact): N / fail (P trip in 100k) | served N / failed | ratio to SPRT N / fail | ratio to Wald N / fail | guard counted N / fail (p0 at trip) | first bad -> zero weight | Wald time | Flagger N / fail / time | Argo N / fail / time |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut decision_rows = Vec::new();
     for r in results {
         let (p0, p1) = steady_hypotheses(cfg, r.baseline);
@@ -752,6 +754,15 @@ fn print_end_to_end(cfg: &GuardConfig, results: &[CaseResult]) {
             format!("{sim_n:.1} / {sim_f:.2} ({tripped:.3})")
         } else {
             "never (0 of 10,000)".into()
+        };
+        let to_sprt = if tripped > 0.0 && r.aborted.is_some() {
+            format!(
+                "{} / {}",
+                ratio(r.requests as f64, sim_n),
+                ratio(r.failures as f64, sim_f)
+            )
+        } else {
+            "-".into()
         };
         let (served, ratios, guard, time) = match &r.aborted {
             Some(a) => (
@@ -776,7 +787,7 @@ fn print_end_to_end(cfg: &GuardConfig, results: &[CaseResult]) {
         let flagger_n = canary_rate() * FLAGGER_S;
         let argo_n = canary_rate() * ARGO_S;
         println!(
-            "| {:.1} % | {:.0} % | {:.3} / {:.3} | {wald} | {per_request} | {served} | {ratios} | {guard} | {time} | {:.1} s | {:.0} / {:.0} / {:.0} s | {:.0} / {:.0} / {:.0} s |",
+            "| {:.1} % | {:.0} % | {:.3} / {:.3} | {wald} | {per_request} | {served} | {to_sprt} | {ratios} | {guard} | {time} | {:.1} s | {:.0} / {:.0} / {:.0} s | {:.0} / {:.0} / {:.0} s |",
             r.baseline * 100.0,
             r.bad * 100.0,
             p0,

@@ -323,6 +323,45 @@ fn upstream_that_is_down_answers_502_and_counts_connect_errors() {
 }
 
 #[test]
+fn a_metrics_reader_waiting_for_a_failure_is_answered_with_it() {
+    let proxy = ProxyProcess::start(&[]);
+    let listen = free_port();
+    let down = free_port();
+    let config = json!({"version": 1, "apps": [app("web", listen, &[("v1", 10000, &[down])])]});
+    assert_eq!(proxy.put_config(&config).0, 200);
+    let before = proxy.get_admin("/admin/v1/metrics")["failureSeq"]
+        .as_u64()
+        .expect("the metrics report the failures counted");
+
+    // No failure: the reader is answered when its wait ends, with the same count.
+    let quiet = proxy.get_admin(&format!(
+        "/admin/v1/metrics?afterFailure={before}&waitMs=50"
+    ));
+    assert_eq!(quiet["failureSeq"], before, "{quiet}");
+
+    // A failure while a reader waits (it asked for 10 s; the proxy caps the wait at 1 s): the
+    // answer counts it.
+    let client = http();
+    let answered = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            proxy.get_admin(&format!(
+                "/admin/v1/metrics?afterFailure={before}&waitMs=10000"
+            ))
+        });
+        assert_eq!(get(&client, listen, &[]).0, 502);
+        reader.join().expect("the reader thread")
+    });
+    assert!(
+        answered["failureSeq"].as_u64() > Some(before),
+        "the waiting reader saw the failure: {answered}"
+    );
+    assert!(
+        answered["revisions"][0]["metrics"]["connectErrors"].as_u64() >= Some(1),
+        "{answered}"
+    );
+}
+
+#[test]
 fn hanging_upstream_answers_504_after_the_request_timeout() {
     // Accepts connections (the kernel's backlog does) and never answers.
     let hanging = TcpListener::bind("127.0.0.1:0").unwrap();

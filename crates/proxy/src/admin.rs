@@ -5,8 +5,12 @@
 //!   `400` with every problem (the old configuration keeps serving), `409` naming the
 //!   application whose `listen` address cannot be bound, or `200` with the version.
 //! - `GET /admin/v1/metrics`: a JSON snapshot per (application, revision), with the served
-//!   `version`. Cheap (atomic loads, no lock held across applications): the controller reads
-//!   it several times a second and takes deltas between reads.
+//!   `version` and `failureSeq`, the failures (5xx, connection errors, timeouts) counted since
+//!   the proxy started. Cheap (atomic loads, no lock held across applications): the controller
+//!   reads it ten times a second and takes deltas between reads. With
+//!   `?afterFailure=N&waitMs=M` the answer waits until more than `N` failures were counted or
+//!   `M` ms (at most 1,000) have passed, so a reader learns of a failure within a
+//!   millisecond without polling faster.
 //! - `GET /admin/v1/endpoints`: every endpoint with its requests in flight and whether it is
 //!   draining or ejected, with the served `version`: the drain report the controller waits on
 //!   before it stops an instance.
@@ -19,9 +23,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +36,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::config::ProxyConfig;
-use crate::metrics::render_prometheus;
+use crate::metrics::{self, render_prometheus};
 use crate::persist;
 use crate::server::{ApplyError, Proxy};
 
@@ -124,7 +129,28 @@ async fn put_config(State(admin): State<Arc<Admin>>, body: Bytes) -> Response {
     Json(json!({"version": version})).into_response()
 }
 
-async fn get_metrics(State(admin): State<Arc<Admin>>) -> Json<serde_json::Value> {
+/// `?afterFailure=N&waitMs=M` on `GET /admin/v1/metrics`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetricsQuery {
+    after_failure: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// The longest a metrics reader may wait for a failure.
+const MAX_FAILURE_WAIT: Duration = Duration::from_secs(1);
+
+async fn get_metrics(
+    State(admin): State<Arc<Admin>>,
+    Query(query): Query<MetricsQuery>,
+) -> Json<serde_json::Value> {
+    let failure_seq = match query.after_failure {
+        Some(after) => {
+            let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(MAX_FAILURE_WAIT);
+            metrics::wait_for_failure(after, wait).await
+        }
+        None => metrics::failure_seq(),
+    };
     Json(admin.proxy.with_metrics(|version, entries| {
         let revisions: Vec<_> = entries
             .iter()
@@ -132,7 +158,7 @@ async fn get_metrics(State(admin): State<Arc<Admin>>) -> Json<serde_json::Value>
                 json!({"app": app, "revision": revision, "metrics": metrics.snapshot()})
             })
             .collect();
-        json!({"version": version, "revisions": revisions})
+        json!({"version": version, "failureSeq": failure_seq, "revisions": revisions})
     }))
 }
 

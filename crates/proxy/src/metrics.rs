@@ -8,7 +8,10 @@
 //! second and judges the difference between two readings with [`delta`].
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +54,9 @@ impl RevisionMetrics {
     pub fn record_response(&self, status: u16, latency_us: u64) {
         if let Some(class) = status_class(status) {
             self.responses[class].fetch_add(1, Ordering::Relaxed);
+            if class == 4 {
+                FAILURES.count();
+            }
         }
         self.latency[bucket(latency_us)].fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(latency_us, Ordering::Relaxed);
@@ -59,11 +65,13 @@ impl RevisionMetrics {
     /// No connection to any endpoint of the revision could be made.
     pub fn record_connect_error(&self) {
         self.connect_errors.fetch_add(1, Ordering::Relaxed);
+        FAILURES.count();
     }
 
     /// The revision did not answer in time (the proxy answered 504).
     pub fn record_timeout(&self) {
         self.timeouts.fetch_add(1, Ordering::Relaxed);
+        FAILURES.count();
     }
 
     /// The counters now, as plain numbers. Each counter is read once; counters are not read
@@ -81,6 +89,63 @@ impl RevisionMetrics {
             },
         }
     }
+}
+
+/// Every failure the process has counted (5xx, connection errors, timeouts, over every
+/// revision), and a wake-up for admin readers waiting for the next one: the controller's
+/// sequential guard can only trip on a failure, so it reads the counters as soon as one is
+/// counted instead of at its next tick. Process-wide, as a proxy is one per process; a second
+/// proxy in the same process (tests) only causes an extra reading.
+static FAILURES: FailureWatch = FailureWatch {
+    seq: AtomicU64::new(0),
+    waiting: AtomicUsize::new(0),
+    notify: Notify::const_new(),
+};
+
+struct FailureWatch {
+    seq: AtomicU64,
+    /// Readers waiting: without any, counting a failure is one atomic add and one load.
+    waiting: AtomicUsize,
+    notify: Notify,
+}
+
+impl FailureWatch {
+    /// Called after the failure's own counter was incremented, so a reader woken by it sees it.
+    fn count(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// Failures counted since the process started.
+pub fn failure_seq() -> u64 {
+    FAILURES.seq.load(Ordering::SeqCst)
+}
+
+/// Returns once more than `after` failures have been counted, or after `timeout`; the count
+/// then.
+pub async fn wait_for_failure(after: u64, timeout: Duration) -> u64 {
+    if failure_seq() > after || timeout.is_zero() {
+        return failure_seq();
+    }
+    struct Waiting;
+    impl Drop for Waiting {
+        fn drop(&mut self) {
+            FAILURES.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    // Registered (waiting, then enabled) before the count is checked again: a failure counted
+    // in between either shows in the count or finds this reader to wake.
+    FAILURES.waiting.fetch_add(1, Ordering::SeqCst);
+    let _waiting = Waiting;
+    let mut notified = std::pin::pin!(FAILURES.notify.notified());
+    notified.as_mut().enable();
+    if failure_seq() <= after {
+        let _ = tokio::time::timeout(timeout, notified).await;
+    }
+    failure_seq()
 }
 
 fn status_class(status: u16) -> Option<usize> {

@@ -53,6 +53,8 @@ const CONFLICT_CHECK_EVERY: u32 = 10;
 /// How long an instance being stopped may keep requests in flight at the proxy before it is
 /// stopped anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The shortest time between two readings of the proxy's metrics, however fast failures come.
+const FAILURE_READ_GAP: Duration = Duration::from_millis(10);
 
 /// The flags being served: one applied commit's, replaced whole when another is applied.
 #[derive(Debug, Clone, Default)]
@@ -992,22 +994,45 @@ impl<R: Runtime + Clone> Controller<R> {
         Ok(())
     }
 
-    /// Reads the proxy's counters every [`live::READ_EVERY`] into the live window.
+    /// Reads the proxy's counters into the live window every [`live::READ_EVERY`] and, while a
+    /// candidate is judged, also as soon as the proxy counts a failed request: the guard's
+    /// statistic can only cross its rollback boundary on a failure, so reading then judges
+    /// each failure with every outcome before it, as a test run request by request would.
     async fn metrics_loop(self) {
         let Some(link) = self.inner.proxy.clone() else {
             return;
         };
-        let mut ticks = tokio::time::interval(live::READ_EVERY);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next = tokio::time::Instant::now();
+        // The proxy's failure count at the last reading, once it has reported one.
+        let mut failures: Option<u64> = None;
         loop {
-            ticks.tick().await;
-            match link.metrics().await {
-                Ok(reading) => {
-                    lock(&self.inner.live).record(now_ms(), &reading);
+            let judging = lock(&self.inner.rollouts)
+                .values()
+                .any(|(r, _)| r.state.candidate.is_some());
+            let wait = next.saturating_duration_since(tokio::time::Instant::now());
+            let reading = match failures {
+                Some(seen) if judging && !wait.is_zero() => {
+                    link.metrics_on_failure(seen, wait).await
+                }
+                _ => {
+                    tokio::time::sleep_until(next).await;
+                    link.metrics().await
+                }
+            };
+            let now = tokio::time::Instant::now();
+            if now >= next {
+                next = (next + live::READ_EVERY).max(now);
+            }
+            match reading {
+                Ok(report) => {
+                    failures = report.failure_seq;
+                    lock(&self.inner.live).record(now_ms(), &report.revisions);
                     // A candidate taking traffic is judged on every reading.
-                    if !lock(&self.inner.rollouts).is_empty() {
+                    if judging {
                         self.inner.reconcile_now.notify_one();
                     }
+                    // A burst of failures must not become a busy loop of readings.
+                    tokio::time::sleep(FAILURE_READ_GAP).await;
                 }
                 Err(e) => tracing::debug!("cannot read the proxy's metrics: {e}"),
             }

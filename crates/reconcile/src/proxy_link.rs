@@ -278,10 +278,31 @@ impl ProxyLink {
     }
 
     /// The proxy's per-(application, revision) counters now.
-    pub async fn metrics(&self) -> Result<Vec<(String, String, MetricsSnapshot)>, LinkError> {
+    pub async fn metrics(&self) -> Result<MetricsReport, LinkError> {
+        self.read_metrics("/admin/v1/metrics").await
+    }
+
+    /// The proxy's counters as soon as it has counted a failure (5xx, connection error,
+    /// timeout) beyond the `after`-th, or after `wait` at the latest. A proxy that does not
+    /// know the call answers at once and without a failure count.
+    pub async fn metrics_on_failure(
+        &self,
+        after: u64,
+        wait: Duration,
+    ) -> Result<MetricsReport, LinkError> {
+        let path = format!(
+            "/admin/v1/metrics?afterFailure={after}&waitMs={}",
+            wait.as_millis()
+        );
+        self.read_metrics(&path).await
+    }
+
+    async fn read_metrics(&self, path: &str) -> Result<MetricsReport, LinkError> {
         #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
         struct Report {
             revisions: Vec<Entry>,
+            failure_seq: Option<u64>,
         }
         #[derive(Deserialize)]
         struct Entry {
@@ -290,12 +311,15 @@ impl ProxyLink {
             metrics: MetricsSnapshot,
         }
         let process = self.process().ok_or(LinkError::NotRunning)?;
-        let report: Report = self.get_json(process, "/admin/v1/metrics").await?;
-        Ok(report
-            .revisions
-            .into_iter()
-            .map(|e| (e.app, e.revision, e.metrics))
-            .collect())
+        let report: Report = self.get_json(process, path).await?;
+        Ok(MetricsReport {
+            revisions: report
+                .revisions
+                .into_iter()
+                .map(|e| (e.app, e.revision, e.metrics))
+                .collect(),
+            failure_seq: report.failure_seq,
+        })
     }
 
     /// An authenticated GET of the admin API, decoded from JSON.
@@ -315,6 +339,15 @@ impl ProxyLink {
             .json()
             .await?)
     }
+}
+
+/// One reading of the proxy's counters.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsReport {
+    pub revisions: Vec<(String, String, MetricsSnapshot)>,
+    /// Failures the proxy has counted since it started, over every revision; `None` from a
+    /// proxy that does not report it.
+    pub failure_seq: Option<u64>,
 }
 
 #[derive(Deserialize)]

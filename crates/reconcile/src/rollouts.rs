@@ -127,8 +127,9 @@ pub struct Pending {
 /// The observations of one step, taking the pending inputs. `counters` are each revision's
 /// newest counters, `window` what each did over the live window: the first time a revision is
 /// watched, its window is its delta, so the stable baseline starts with the last seconds of
-/// stable traffic and a new candidate's first requests are judged too. After a restart the
-/// first reading is only a baseline: the window's requests were judged before it.
+/// stable traffic and a new candidate's first requests are judged too; stable's window is
+/// also what a guard without a baseline yet starts from. After a restart the first reading is
+/// only a baseline: the window's requests were judged before it.
 pub fn observations(
     rollout: &AppRollout,
     pending: &mut Pending,
@@ -142,10 +143,11 @@ pub fn observations(
         *ready.entry(inst.revision.clone()).or_default() += 1;
     }
     let restarted = pending.restarted;
-    let mut delta_of = |revision: Option<&String>| -> Option<TrafficDelta> {
+    let mut delta_of = |revision: Option<&String>, whole_window: bool| -> Option<TrafficDelta> {
         let revision = revision?;
         let now = counters.get(revision)?;
         let d = match pending.fed.insert(revision.clone(), *now) {
+            _ if whole_window => *window.get(revision)?,
             Some(before) => gauntlet_proxy::metrics::delta(&before, now),
             None if restarted => return None,
             None => *window.get(revision)?,
@@ -160,8 +162,12 @@ pub fn observations(
             },
         })
     };
-    let stable_traffic = delta_of(rollout.state.stable.as_ref());
-    let candidate_traffic = delta_of(rollout.state.candidate.as_ref());
+    // A guard that has no stable baseline yet (a new candidate, after a rollback or a
+    // promotion) starts from stable's live window, as the first rollout does: otherwise a
+    // second rollout would judge its candidate against a few readings of stable.
+    let fresh_baseline = rollout.state.guard.stable_requests == 0 && !restarted;
+    let stable_traffic = delta_of(rollout.state.stable.as_ref(), fresh_baseline);
+    let candidate_traffic = delta_of(rollout.state.candidate.as_ref(), false);
     Observations {
         desired: desired_revision.to_string(),
         restarted: std::mem::take(&mut pending.restarted),
@@ -297,7 +303,7 @@ mod tests {
 
     #[test]
     fn the_first_reading_of_a_revision_is_its_window_and_later_ones_are_deltas() {
-        let rollout = AppRollout::seeded(&[&inst("s", 1, true)]);
+        let mut rollout = AppRollout::seeded(&[&inst("s", 1, true)]);
         let mut pending = Pending::default();
         let snapshot = |requests: u64, errors: u64| {
             let mut s = MetricsSnapshot {
@@ -321,7 +327,16 @@ mod tests {
         let counters = BTreeMap::from([("s".to_string(), snapshot(150, 3))]);
         let obs = observations(&rollout, &mut pending, "s", &[&a], &counters, &counters);
         let d = obs.stable_traffic.unwrap();
-        assert_eq!((d.requests, d.failures), (50, 2));
+        assert_eq!(
+            (d.requests, d.failures),
+            (150, 3),
+            "until the guard has a baseline, stable's window is its baseline"
+        );
+        rollout.state.guard.stable_requests = 150;
+        let counters = BTreeMap::from([("s".to_string(), snapshot(200, 4))]);
+        let obs = observations(&rollout, &mut pending, "s", &[&a], &counters, &counters);
+        let d = obs.stable_traffic.unwrap();
+        assert_eq!((d.requests, d.failures), (50, 1), "then deltas");
     }
 
     #[test]
