@@ -501,6 +501,16 @@ fn end_to_end(cfg: &GuardConfig) -> Result<()> {
     Ok(())
 }
 
+/// Runs of each end-to-end case (`DETECTION_REPEATS`, default 3): one rollout is one draw of
+/// a random process, so the table shows the mean and every run.
+fn repeats() -> usize {
+    std::env::var("DETECTION_REPEATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(3)
+}
+
 /// One controller, stable at `baseline`, and each bad candidate in turn.
 fn run_baseline(bin: &Path, baseline: f64) -> Result<Vec<CaseResult>> {
     let dir = tempfile::tempdir()?;
@@ -543,9 +553,15 @@ fn run_baseline(bin: &Path, baseline: f64) -> Result<Vec<CaseResult>> {
 
     let mut out = Vec::new();
     for (i, bad) in BAD_RATES.into_iter().enumerate() {
-        eprintln!("baseline {baseline}: bad candidate at {bad} ...");
-        let result = run_case(bin, &c, &admin, &repo, port, baseline, bad, i)?;
-        out.push(result);
+        for rep in 0..repeats() {
+            eprintln!(
+                "baseline {baseline}: bad candidate at {bad}, run {} ...",
+                rep + 1
+            );
+            let index = i * 100 + rep;
+            let result = run_case(bin, &c, &admin, &repo, port, baseline, bad, index)?;
+            out.push(result);
+        }
     }
     drop(c);
     Ok(out)
@@ -732,98 +748,145 @@ fn print_end_to_end(cfg: &GuardConfig, results: &[CaseResult]) {
     println!();
     println!(
         "end to end: gauntlet up + proxy + demo-app, {RATE} req/s from `gauntlet load`, \
-         setWeight 5 then pause {{}}; give-up after {} s of canary traffic",
+         setWeight 5 then pause {{}}, {} s of load before each candidate; {} runs per case, \
+         means over the runs rolled back; give-up after {} s of canary traffic",
+        SIM_WINDOW_S,
+        repeats(),
         CASE_LIMIT.as_secs()
     );
     println!(
-        "| baseline | bad | p0 / p1 | Wald E[N] / E[fail] (P trip) | SPRT per request (sim, exact): N / fail (P trip in 100k) | served N / failed | ratio to SPRT N / fail | ratio to Wald N / fail | guard counted N / fail (p0 at trip) | first bad -> zero weight | Wald time | Flagger N / fail / time | Argo N / fail / time |"
+        "| baseline | bad | p0 / p1 | Wald E[N] / E[fail] (P trip) | SPRT per request (sim, exact): N / fail (P trip in 100k) | served N / failed: mean (each run) | ratio to SPRT N / fail | ratio to Wald N / fail | guard counted N / fail (p0 at trip) | first bad -> zero weight (each run) | Wald time | Flagger N / fail / time | Argo N / fail / time |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let mut decision_rows = Vec::new();
+    let mut cases: Vec<(f64, f64, Vec<&CaseResult>)> = Vec::new();
     for r in results {
-        let (p0, p1) = steady_hypotheses(cfg, r.baseline);
-        let e = expect_at(r.bad, p0, p1, bounds);
-        let e_fail = e.requests * r.bad;
+        match cases.last_mut() {
+            Some((b, bad, runs)) if *b == r.baseline && *bad == r.bad => runs.push(r),
+            _ => cases.push((r.baseline, r.bad, vec![r])),
+        }
+    }
+    for (baseline, bad, runs) in &cases {
+        let (baseline, bad) = (*baseline, *bad);
+        let (p0, p1) = steady_hypotheses(cfg, baseline);
+        let e = expect_at(bad, p0, p1, bounds);
+        let e_fail = e.requests * bad;
         let wald = if e.p_reject >= 0.5 {
             format!("{:.1} / {:.1} ({:.3})", e.requests, e_fail, e.p_reject)
         } else {
             format!("accepts after {:.0} (P trip {:.3})", e.requests, e.p_reject)
         };
-        let (tripped, sim_n, sim_f) = guard_per_request(r.bad, p0, p1, bounds);
+        let (tripped, sim_n, sim_f) = guard_per_request(bad, p0, p1, bounds);
         let per_request = if tripped > 0.0 {
             format!("{sim_n:.1} / {sim_f:.2} ({tripped:.3})")
         } else {
             "never (0 of 10,000)".into()
         };
-        let to_sprt = if tripped > 0.0 && r.aborted.is_some() {
-            format!(
-                "{} / {}",
-                ratio(r.requests as f64, sim_n),
-                ratio(r.failures as f64, sim_f)
-            )
+        let caught: Vec<&&CaseResult> = runs.iter().filter(|r| r.aborted.is_some()).collect();
+        let each = runs
+            .iter()
+            .map(|r| {
+                if r.aborted.is_some() {
+                    format!("{}/{}", r.requests, r.failures)
+                } else {
+                    format!("{}/{} not rolled back", r.requests, r.failures)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (served, to_sprt, to_wald, guard) = if caught.is_empty() {
+            (format!("- ({each})"), "-".into(), "-".into(), "-".into())
         } else {
-            "-".into()
+            let k = caught.len() as f64;
+            let mean =
+                |f: &dyn Fn(&CaseResult) -> f64| caught.iter().map(|r| f(r)).sum::<f64>() / k;
+            let n = mean(&|r| r.requests as f64);
+            let f = mean(&|r| r.failures as f64);
+            let gn = mean(&|r| r.aborted.as_ref().map_or(0.0, |a| a.guard_requests as f64));
+            let gf = mean(&|r| r.aborted.as_ref().map_or(0.0, |a| a.guard_failures as f64));
+            let p0s: Vec<f64> = caught
+                .iter()
+                .filter_map(|r| r.aborted.as_ref().map(|a| a.p0))
+                .collect();
+            let (lo, hi) = p0s
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+            (
+                format!("{n:.1} / {f:.1} ({each})"),
+                if tripped > 0.0 {
+                    format!("{} / {}", ratio(n, sim_n), ratio(f, sim_f))
+                } else {
+                    "-".into()
+                },
+                format!("{} / {}", ratio(n, e.requests), ratio(f, e_fail)),
+                format!("{gn:.1} / {gf:.1} ({lo:.4}-{hi:.4})"),
+            )
         };
-        let (served, ratios, guard, time) = match &r.aborted {
-            Some(a) => (
-                format!("{} / {}", r.requests, r.failures),
-                format!(
-                    "{} / {}",
-                    ratio(r.requests as f64, e.requests),
-                    ratio(r.failures as f64, e_fail)
-                ),
-                format!("{} / {} ({:.4})", a.guard_requests, a.guard_failures, a.p0),
+        let times = runs
+            .iter()
+            .map(|r| {
                 r.first_to_zero
-                    .map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
-                    .unwrap_or_else(|| "-".into()),
-            ),
-            None => (
-                format!("{} / {} (not rolled back)", r.requests, r.failures),
-                "-".into(),
-                "-".into(),
-                format!("none in {} s", CASE_LIMIT.as_secs()),
-            ),
-        };
+                    .map(|d| format!("{:.0}", d.as_secs_f64() * 1e3))
+                    .unwrap_or_else(|| "-".into())
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         let flagger_n = canary_rate() * FLAGGER_S;
         let argo_n = canary_rate() * ARGO_S;
         println!(
-            "| {:.1} % | {:.0} % | {:.3} / {:.3} | {wald} | {per_request} | {served} | {to_sprt} | {ratios} | {guard} | {time} | {:.1} s | {:.0} / {:.0} / {:.0} s | {:.0} / {:.0} / {:.0} s |",
-            r.baseline * 100.0,
-            r.bad * 100.0,
+            "| {:.1} % | {:.0} % | {:.3} / {:.3} | {wald} | {per_request} | {served} | {to_sprt} | {to_wald} | {guard} | {times} ms | {:.1} s | {:.0} / {:.0} / {:.0} s | {:.0} / {:.0} / {:.0} s |",
+            baseline * 100.0,
+            bad * 100.0,
             p0,
             p1,
             e.requests / canary_rate(),
             flagger_n,
-            flagger_n * r.bad,
+            flagger_n * bad,
             FLAGGER_S,
             argo_n,
-            argo_n * r.bad,
+            argo_n * bad,
             ARGO_S,
         );
-        if let Some(a) = &r.aborted {
-            decision_rows.push((r, a));
-        }
     }
     println!();
-    println!("decision -> zero weight (target under 100 ms):");
+    println!("decision -> zero weight (target under 100 ms), each run:");
     println!(
         "| baseline | bad | rollout-aborted -> traffic record (controller clock, 1 ms) | rollout-aborted -> zero weight seen by polling GET /admin/v1/config | polling round |"
     );
     println!("|---|---|---|---|---|");
-    for (r, a) in decision_rows {
-        let records = a
-            .traffic_ms
-            .map(|t| format!("{} ms", t.saturating_sub(a.at_ms)))
-            .unwrap_or_else(|| "no traffic record".into());
-        let seen = r
-            .zero_seen_ms
-            .map(|z| format!("{} ms", z as i64 - a.at_ms as i64))
-            .unwrap_or_else(|| "-".into());
+    for (baseline, bad, runs) in &cases {
+        let aborted: Vec<(&&CaseResult, &Aborted)> = runs
+            .iter()
+            .filter_map(|r| r.aborted.as_ref().map(|a| (r, a)))
+            .collect();
+        if aborted.is_empty() {
+            continue;
+        }
+        let records = aborted
+            .iter()
+            .map(|(_, a)| {
+                a.traffic_ms
+                    .map(|t| t.saturating_sub(a.at_ms).to_string())
+                    .unwrap_or_else(|| "no record".into())
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let seen = aborted
+            .iter()
+            .map(|(r, a)| {
+                r.zero_seen_ms
+                    .map(|z| (z as i64 - a.at_ms as i64).to_string())
+                    .unwrap_or_else(|| "-".into())
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let poll = aborted
+            .iter()
+            .map(|(r, _)| r.poll.as_secs_f64() * 1e3)
+            .fold(0.0, f64::max);
         println!(
-            "| {:.1} % | {:.0} % | {records} | {seen} | {:.1} ms |",
-            r.baseline * 100.0,
-            r.bad * 100.0,
-            r.poll.as_secs_f64() * 1e3
+            "| {:.1} % | {:.0} % | {records} ms | {seen} ms | at most {poll:.1} ms |",
+            baseline * 100.0,
+            bad * 100.0,
         );
     }
 }
