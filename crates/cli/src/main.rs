@@ -12,6 +12,7 @@ mod commands;
 mod dataplane;
 mod demo;
 mod demo_app;
+mod fault_cmd;
 mod flags_cmd;
 mod git_auth;
 mod load;
@@ -121,6 +122,9 @@ enum Command {
     /// Change fields of an application's manifest in Git as one commit (the CI hand-off):
     /// `release APP --set FIELD=VALUE [--push]`; prints the new commit.
     Release(Box<release::ReleaseArgs>),
+    /// The chaos fault agent and its sweeps (run by the controller).
+    #[command(subcommand, hide = true)]
+    Fault(fault_cmd::FaultCommand),
 }
 
 fn main() -> ExitCode {
@@ -155,5 +159,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Proxy(args) => proxy_cmd::run(args, state_dir()?),
         Command::Load(args) => load::run(args),
         Command::Release(args) => release::run(*args),
+        Command::Fault(command) => fault_cmd::run(command),
     }
 }

@@ -33,6 +33,7 @@
 //! two controllers can never supervise, and start duplicates of, the same instance.
 
 mod artifact;
+pub mod faults;
 mod logs;
 mod policy;
 mod probe;
