@@ -10,6 +10,7 @@
 //! runs (HTTP answers, process ids); the demo exits 0 only if every stage behaved, and leaves
 //! no process behind unless asked to with `--keep`.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -129,7 +130,22 @@ impl Demo {
 
         let exe = gauntlet_exe()?;
         let log_file = std::fs::File::create(&log)?;
-        let mut controller = Command::new(&exe)
+        let mut controller = Command::new(&exe);
+        // However the demo ends, even by SIGKILL, the controller gets SIGTERM and, with
+        // `--stop-instances-on-exit`, stops the proxy and every instance before it exits.
+        let demo = std::process::id();
+        // SAFETY: prctl, getppid and raise are async-signal-safe.
+        unsafe {
+            controller.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // The demo may have died before prctl took effect.
+                if libc::getppid() as u32 != demo {
+                    libc::raise(libc::SIGTERM);
+                }
+                Ok(())
+            });
+        }
+        let mut controller = controller
             .args(["up", "--repo"])
             .arg(&repo)
             .arg("--state-dir")

@@ -245,3 +245,66 @@ fn demo_runs_every_stage_and_exits_zero() {
         assert!(text.contains(stage), "{stage} missing:\n{}", output());
     }
 }
+
+/// Children of `pid`, from `/proc/*/stat` (field 4 is the parent).
+fn children_of(pid: u32) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_demo_killed_with_sigkill_leaves_no_controller_proxy_or_instance_behind() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let state = dir.path().join("demo/state");
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--dir"])
+        .arg(dir.path().join("demo"))
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gauntlet demo starts");
+    let proxy_pid = || -> Option<u64> {
+        let text = std::fs::read_to_string(state.join("proxy/proxy.json")).ok()?;
+        let info: serde_json::Value = serde_json::from_str(&text).ok()?;
+        info["pid"].as_u64().filter(|p| alive(*p))
+    };
+    let (controller, proxy, instances) = wait_until("the demo's controller, proxy and v1", || {
+        let controller = children_of(demo.id()).into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains("up"))
+        })?;
+        let instances = instance_processes(&state);
+        let proxy = proxy_pid()?;
+        (instances.len() >= 2).then_some((controller, proxy, instances))
+    });
+
+    // SIGKILL: the demo runs no cleanup of its own.
+    unsafe { libc::kill(demo.id() as i32, libc::SIGKILL) };
+    demo.wait().expect("the demo is reaped");
+
+    wait_until(
+        "the controller, the proxy and every instance stopped",
+        || {
+            let left: Vec<u64> = [controller, proxy]
+                .into_iter()
+                .chain(instances.iter().copied())
+                .chain(instance_processes(&state))
+                .filter(|p| alive(*p))
+                .collect();
+            left.is_empty().then_some(())
+        },
+    );
+}
