@@ -22,6 +22,9 @@ mod release;
 mod rollout_cmd;
 mod up;
 
+#[global_allocator]
+static ALLOCATOR: gauntlet_proxy::Allocator = gauntlet_proxy::Allocator;
+
 /// GitOps, progressive delivery, chaos and feature flags in one binary.
 ///
 /// The desired state of every application lives as YAML in a Git repository; `gauntlet up`

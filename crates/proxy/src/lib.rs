@@ -90,3 +90,9 @@ pub mod tls;
 pub use config::{InvalidConfig, ProxyConfig};
 pub use route::{Pick, RequestView, RouteTable};
 pub use server::{EndpointLoad, Options, Proxy};
+
+/// The global allocator a binary serving the proxy should install (`#[global_allocator]`):
+/// mimalloc. Forwarding a request allocates and frees a handful of small blocks (request and
+/// response heads, channel and task state in hyper and tokio), and mimalloc's thread-local
+/// free lists serve them in about half the cycles of glibc's malloc.
+pub use mimalloc::MiMalloc as Allocator;

@@ -76,7 +76,6 @@
 //! forwarded as an ordinary response. Tunnels have no idle timeout of their own.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -87,8 +86,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -107,12 +105,75 @@ use crate::metrics::RevisionMetrics;
 use crate::route::{cookie_value, RequestView, RouteTable};
 use crate::{tls, InvalidConfig};
 
+mod io;
 mod upstream;
 
 use upstream::SendError;
 
-/// The body type of requests sent upstream and responses sent to clients.
-pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// The body of requests sent upstream and responses sent to clients. A concrete type over the
+/// few bodies the data path forwards rather than a boxed trait object, so forwarding a request
+/// allocates no body boxes and every poll is a direct call.
+pub struct ProxyBody(BodyKind);
+
+enum BodyKind {
+    /// Proxy-made answers and requests without a body.
+    Empty,
+    /// A mirrored request's collected body; `None` once sent.
+    Full(Option<Bytes>),
+    /// A client's request body, streamed upstream as it arrives.
+    Incoming(Incoming),
+    /// A request body streamed upstream while a copy is collected for a mirror.
+    Tee(Tee),
+    /// An upstream's response body, streamed to the client.
+    Tracked(Tracked),
+}
+
+impl ProxyBody {
+    fn empty() -> ProxyBody {
+        ProxyBody(BodyKind::Empty)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        // Every variant is `Unpin`, so the enum is too and no projection is needed.
+        match &mut self.get_mut().0 {
+            BodyKind::Empty => Poll::Ready(None),
+            BodyKind::Full(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
+            BodyKind::Incoming(body) => std::pin::Pin::new(body).poll_frame(cx),
+            BodyKind::Tee(body) => std::pin::Pin::new(body).poll_frame(cx),
+            BodyKind::Tracked(body) => std::pin::Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            BodyKind::Empty => true,
+            BodyKind::Full(data) => data.is_none(),
+            BodyKind::Incoming(body) => body.is_end_stream(),
+            BodyKind::Tee(body) => body.is_end_stream(),
+            BodyKind::Tracked(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            BodyKind::Empty => SizeHint::with_exact(0),
+            BodyKind::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |data| data.len() as u64))
+            }
+            BodyKind::Incoming(body) => body.size_hint(),
+            BodyKind::Tee(body) => body.size_hint(),
+            BodyKind::Tracked(body) => body.size_hint(),
+        }
+    }
+}
 
 /// The largest request body (by `Content-Length`) that is copied to a mirror.
 pub const MIRROR_BODY_LIMIT: u64 = 64 * 1024;
@@ -598,8 +659,14 @@ impl Proxy {
         let mut client = ClientConn::new(listen, peer, worker);
         let Some(acceptor) = acceptor else {
             match tokio::time::timeout(deadline, sniff(&stream)).await {
-                Ok(Ok(Protocol::Http2)) => self.serve_h2(TokioIo::new(stream), client).await,
-                Ok(Ok(Protocol::Http1)) => self.serve_h1(TokioIo::new(stream), client).await,
+                Ok(Ok(Protocol::Http2)) => {
+                    self.serve_h2(TokioIo::new(io::Stream::new(stream)), client)
+                        .await
+                }
+                Ok(Ok(Protocol::Http1)) => {
+                    self.serve_h1(TokioIo::new(io::Stream::new(stream)), client)
+                        .await
+                }
                 Ok(Err(e)) => tracing::debug!(%listen, %peer, "client connection failed: {e}"),
                 Err(_) => {
                     tracing::debug!(%listen, %peer, "no request within the header read timeout")
@@ -607,6 +674,7 @@ impl Proxy {
             }
             return;
         };
+        let stream = io::Stream::new(stream);
         let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
@@ -630,12 +698,14 @@ impl Proxy {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let proxy = self.clone();
-        let conn = client.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let proxy = proxy.clone();
-            let client = conn.clone();
-            async move { proxy.forward_from(client, request).await }
+        // One reference count per request for both the proxy and the connection's details.
+        let conn = Arc::new((self.clone(), client));
+        let service = hyper::service::service_fn({
+            let conn = Arc::clone(&conn);
+            move |request| {
+                let conn = Arc::clone(&conn);
+                async move { conn.0.forward_from(&conn.1, request).await }
+            }
         });
         let served = self
             .inner
@@ -644,7 +714,7 @@ impl Proxy {
             .with_upgrades()
             .await;
         if let Err(e) = served {
-            let ClientConn { listen, peer, .. } = client;
+            let ClientConn { listen, peer, .. } = &conn.1;
             tracing::debug!(%listen, %peer, "client connection ended: {e}");
         }
     }
@@ -657,15 +727,13 @@ impl Proxy {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::new());
-        let proxy = self.clone();
         let streams = Arc::clone(&activity);
-        let conn = client.clone();
+        let conn = Arc::new((self.clone(), client.clone()));
         let service = hyper::service::service_fn(move |request| {
-            let proxy = proxy.clone();
-            let client = conn.clone();
+            let conn = Arc::clone(&conn);
             let open = OpenStream::start(&streams);
             async move {
-                let response = proxy.forward_from(client, request).await?;
+                let response = conn.0.forward_from(&conn.1, request).await?;
                 Ok::<_, ResetConnection>(response.map(|body| StreamBody {
                     inner: body,
                     _open: open,
@@ -708,7 +776,7 @@ impl Proxy {
         peer: SocketAddr,
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ResetConnection> {
-        self.forward_from(ClientConn::new(listen, peer, 0), request)
+        self.forward_from(&ClientConn::new(listen, peer, 0), request)
             .await
     }
 
@@ -716,7 +784,7 @@ impl Proxy {
     /// the reset fault resets the stream, not the connection.
     async fn forward_from(
         &self,
-        client: ClientConn,
+        client: &ClientConn,
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ResetConnection> {
         let started = Instant::now();
@@ -732,9 +800,13 @@ impl Proxy {
         let revision = &app.revisions()[pick.revision];
         let metrics = revision.metrics();
         metrics.record_request();
-        let now_ms = unix_ms();
+        let mut now = NowMs::default();
         // Routing used `draw` and `mix(draw)` (mirroring); the fault gets a draw of its own.
-        match faults::fault_for(app.faults(), pick.revision, now_ms, mix(mix(draw))) {
+        let fault = match app.faults() {
+            [] => None,
+            rules => faults::fault_for(rules, pick.revision, now.get(), mix(mix(draw))),
+        };
+        match fault {
             Some(FaultAction::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
             Some(FaultAction::Abort { status }) => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -754,7 +826,7 @@ impl Proxy {
         parts.extensions.clear();
         strip_hop_by_hop(&mut parts.headers);
         to_http1_request(&mut parts);
-        add_forwarded(&mut parts.headers, &client);
+        add_forwarded(&mut parts.headers, client);
         if let Some(protocol) = &upgrade {
             parts
                 .headers
@@ -773,7 +845,7 @@ impl Proxy {
         let body = match pick.mirror.filter(|_| upgrade.is_none()) {
             Some(_) if resendable => {
                 copy = Some(MirrorBody::Empty);
-                body.boxed_unsync()
+                ProxyBody(BodyKind::Incoming(body))
             }
             Some(_)
                 if body
@@ -783,14 +855,13 @@ impl Proxy {
             {
                 let (done, copied) = oneshot::channel();
                 copy = Some(MirrorBody::Pending(copied));
-                Tee {
+                ProxyBody(BodyKind::Tee(Tee {
                     inner: body,
                     copy: Some((Vec::new(), done)),
-                }
-                .boxed_unsync()
+                }))
             }
             // Chunked or larger bodies, and upgrades, are not mirrored.
-            _ => body.boxed_unsync(),
+            _ => ProxyBody(BodyKind::Incoming(body)),
         };
         if let (Some(target), Some(copy)) = (pick.mirror, copy) {
             let request = MirrorRequest {
@@ -807,8 +878,13 @@ impl Proxy {
         let mut refused = None;
         let mut tried = false;
         for attempt in 0..2u64 {
-            let Some(chosen) = choose(cells, endpoints, refused, mix(draw ^ (attempt + 1)), now_ms)
-            else {
+            let Some(chosen) = choose(
+                cells,
+                endpoints,
+                refused,
+                mix(draw ^ (attempt + 1)),
+                &mut now,
+            ) else {
                 break;
             };
             tried = true;
@@ -842,7 +918,10 @@ impl Proxy {
                         return Ok(answer(StatusCode::BAD_GATEWAY));
                     }
                     let (mut head, upstream_body) = response.into_parts();
-                    let protocol = head.headers.get(header::UPGRADE).cloned();
+                    let protocol = match tunnel {
+                        Some(_) => head.headers.get(header::UPGRADE).cloned(),
+                        None => None,
+                    };
                     strip_hop_by_hop(&mut head.headers);
                     if client_version == Version::HTTP_2 {
                         // Framing is HTTP/2's own; the HTTP/1.1 header must not reach it.
@@ -870,11 +949,14 @@ impl Proxy {
                         lease: Some(lease),
                         _in_flight: in_flight,
                     };
-                    return Ok(Response::from_parts(head, body.boxed_unsync()));
+                    return Ok(Response::from_parts(
+                        head,
+                        ProxyBody(BodyKind::Tracked(body)),
+                    ));
                 }
                 Ok(Err(SendError::Connect(e, unsent))) => {
                     drop(in_flight);
-                    cell.record_connect_failure(&self.inner.options.health, now_ms);
+                    cell.record_connect_failure(&self.inner.options.health, now.get());
                     metrics.record_connect_error();
                     tracing::debug!(%addr, "upstream connection failed: {e}");
                     if !resendable {
@@ -910,8 +992,17 @@ fn choose(
     endpoints: &[crate::config::Endpoint],
     refused: Option<usize>,
     draw: u64,
-    now_ms: u64,
+    now: &mut NowMs,
 ) -> Option<usize> {
+    // Only an endpoint with a health record can be ejected; without one the time is not needed.
+    let now_ms = if cells
+        .iter()
+        .any(|cell| cell.troubled.load(Ordering::Relaxed))
+    {
+        now.get()
+    } else {
+        0
+    };
     if let ([cell], [endpoint]) = (cells, endpoints) {
         let available = refused.is_none() && cell.state(endpoint.draining).is_available(now_ms);
         return available.then_some(0);
@@ -986,19 +1077,17 @@ impl Proxy {
             let body = match request.body {
                 MirrorBody::Empty => empty(),
                 MirrorBody::Pending(copied) => match copied.await {
-                    Ok(bytes) => Full::new(bytes)
-                        .map_err(|never: Infallible| match never {})
-                        .boxed_unsync(),
+                    Ok(bytes) => ProxyBody(BodyKind::Full(Some(bytes))),
                     // The primary body was not read to its end: nothing to mirror.
                     Err(_) => return,
                 },
             };
             let endpoints = served.table.apps()[app_index].revisions()[revision].endpoints();
             let cells = &served.cells[app_index][revision];
-            let now_ms = unix_ms();
+            let mut now = NowMs::default();
             // A draw of its own, apart from the routing, fault and primary endpoint draws.
             let draw = mix(mix(mix(draw)) ^ 0x6d69);
-            let Some(chosen) = choose(cells, endpoints, None, draw, now_ms) else {
+            let Some(chosen) = choose(cells, endpoints, None, draw, &mut now) else {
                 return;
             };
             let addr = endpoints[chosen].addr;
@@ -1025,7 +1114,7 @@ impl Proxy {
                         }
                     }
                     Err(SendError::Connect(e, _)) => {
-                        cell.record_connect_failure(&inner.options.health, now_ms);
+                        cell.record_connect_failure(&inner.options.health, now.get());
                         tracing::debug!(%addr, "mirror connection failed: {e}");
                     }
                     Err(SendError::Upstream(e)) => {
@@ -1225,9 +1314,7 @@ fn concat(chunks: Vec<Bytes>) -> Bytes {
 }
 
 fn empty() -> ProxyBody {
-    Empty::<Bytes>::new()
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync()
+    ProxyBody::empty()
 }
 
 fn answer(status: StatusCode) -> Response<ProxyBody> {
@@ -1236,39 +1323,73 @@ fn answer(status: StatusCode) -> Response<ProxyBody> {
     response
 }
 
-/// Headers that describe one connection, not the message, and must not be forwarded
-/// (RFC 9110 §7.6.1), including any the `Connection` header names.
+/// Headers that describe one connection, not the message, and are never forwarded, whether or
+/// not `Connection` names them (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Strips [`HOP_BY_HOP`] headers and any others the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    // One pass over the names (a message has few) finds which are present: cheaper than a
+    // hashed lookup per hop-by-hop name, and most requests carry none of them.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    // Headers the `Connection` options name beyond the fixed list (`keep-alive`, the usual
+    // option on a kept-alive response, is in it and so costs no allocation here).
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for option in value.split(',').map(str::trim) {
+            let listed = HOP_BY_HOP
+                .iter()
+                .any(|hop| hop.as_str().eq_ignore_ascii_case(option));
+            if option.is_empty() || listed {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(option.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 fn add_forwarded(headers: &mut HeaderMap, client: &ClientConn) {
-    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", client.peer.ip())).ok(),
-        None => client.peer_ip.clone(),
-    };
-    if let Some(value) = value {
-        headers.insert(X_FORWARDED_FOR, value);
+    match headers.entry(X_FORWARDED_FOR) {
+        http::header::Entry::Occupied(mut previous) => {
+            let appended = previous.get().to_str().ok().and_then(|previous| {
+                HeaderValue::from_str(&format!("{previous}, {}", client.peer.ip())).ok()
+            });
+            if let Some(value) = appended {
+                previous.insert(value);
+            }
+        }
+        http::header::Entry::Vacant(entry) => {
+            if let Some(value) = &client.peer_ip {
+                entry.insert(value.clone());
+            }
+        }
     }
     let proto = if client.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -1477,6 +1598,17 @@ impl Body for StreamBody {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The wall clock in milliseconds, read on first use and then fixed for the request: fault
+/// rules and passive health need it, and most requests consult neither.
+#[derive(Default)]
+struct NowMs(Option<u64>);
+
+impl NowMs {
+    fn get(&mut self) -> u64 {
+        *self.0.get_or_insert_with(unix_ms)
+    }
 }
 
 fn unix_ms() -> u64 {

@@ -5,7 +5,9 @@
 //! hot path. A connection is a hyper `http1` [`SendRequest`] whose connection task runs on that
 //! worker; it goes back to the pool once its response body has been read to its end (a
 //! response whose body is dropped early closes its connection). Idle connections are dropped
-//! after [`IDLE_TIMEOUT`] by [`Pools::sweep`] and when found closed at checkout.
+//! by [`Pools::sweep`] once idle for [`IDLE_TIMEOUT`] (to within one [`SWEEP_INTERVAL`]: the
+//! sweeps count an idle connection's age, so checking one in or out reads no clock), and when
+//! found closed at checkout.
 //!
 //! [`Pools::send`] sends a request on an idle connection if there is one and on a new one
 //! otherwise. A pooled connection that the instance closed before the request was written
@@ -14,6 +16,7 @@
 //! connect timeout is [`SendError::Connect`], with the request given back untouched.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +26,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use super::{lock, ProxyBody};
 
@@ -41,14 +43,58 @@ pub struct Pools {
     connect_timeout: Duration,
 }
 
+/// How many sweeps an idle connection survives: it is dropped by the sweep after it has been
+/// idle for [`IDLE_TIMEOUT`], less up to one [`SWEEP_INTERVAL`].
+const IDLE_SWEEPS: u32 = (IDLE_TIMEOUT.as_secs() / SWEEP_INTERVAL.as_secs()) as u32;
+
 #[derive(Default)]
 struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>>,
 }
 
 struct Idle {
     sender: Sender,
-    since: Instant,
+    /// Sweeps since the connection was checked in.
+    sweeps: u32,
+}
+
+/// A multiply-rotate hasher (FxHash's) for the pool's keys: endpoint addresses come from the
+/// configuration, not from clients, so the default hasher's flooding resistance buys nothing
+/// and costs two SipHash runs per request.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(K);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Why a request got no response.
@@ -152,7 +198,8 @@ impl Pools {
                 }
             };
         stream.set_nodelay(true)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let stream = TokioIo::new(super::io::Stream::new(stream));
+        let (sender, connection) = hyper::client::conn::http1::handshake(stream)
             .await
             .map_err(std::io::Error::other)?;
         tokio::spawn(async move {
@@ -167,9 +214,8 @@ impl Pools {
     fn checkout(&self, worker: usize, addr: SocketAddr) -> Option<Sender> {
         let mut idle = lock(&self.pool(worker).idle);
         let list = idle.get_mut(&addr)?;
-        let now = Instant::now();
         while let Some(entry) = list.pop() {
-            if entry.sender.is_ready() && now.duration_since(entry.since) < IDLE_TIMEOUT {
+            if entry.sender.is_ready() {
                 return Some(entry.sender);
             }
         }
@@ -177,24 +223,22 @@ impl Pools {
     }
 
     fn checkin(&self, worker: usize, addr: SocketAddr, sender: Sender) {
-        let entry = Idle {
-            sender,
-            since: Instant::now(),
-        };
+        let entry = Idle { sender, sweeps: 0 };
         lock(&self.pool(worker).idle)
             .entry(addr)
             .or_default()
             .push(entry);
     }
 
-    /// Closes `worker`'s connections that have been idle for [`IDLE_TIMEOUT`] or were closed
-    /// by their instance.
+    /// Closes `worker`'s connections that have been idle for [`IDLE_TIMEOUT`] (counted in
+    /// sweeps, see [`IDLE_SWEEPS`]) or were closed by their instance. Called every
+    /// [`SWEEP_INTERVAL`].
     pub fn sweep(&self, worker: usize) {
-        let now = Instant::now();
         let mut idle = lock(&self.pool(worker).idle);
         idle.retain(|_, list| {
-            list.retain(|entry| {
-                !entry.sender.is_closed() && now.duration_since(entry.since) < IDLE_TIMEOUT
+            list.retain_mut(|entry| {
+                entry.sweeps += 1;
+                !entry.sender.is_closed() && entry.sweeps < IDLE_SWEEPS
             });
             !list.is_empty()
         });
