@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+mod chaos;
 mod flags;
 mod ofrep;
 
@@ -85,6 +86,15 @@ pub fn router<R: Runtime + Clone>(controller: Controller<R>, config: ApiConfig) 
         .route("/api/v1/flags", get(flags::list::<R>))
         .route("/api/v1/flags/{key}", get(flags::get::<R>))
         .route("/api/v1/flags/{key}/evaluate", post(flags::evaluate::<R>))
+        .route(
+            "/api/v1/chaos/experiments/{name}/run",
+            post(chaos::run::<R>),
+        )
+        .route("/api/v1/chaos/runs", get(chaos::list::<R>))
+        .route("/api/v1/chaos/runs/{id}", get(chaos::get::<R>))
+        .route("/api/v1/chaos/runs/{id}/abort", post(chaos::abort::<R>))
+        .route("/api/v1/chaos/pause-all", post(chaos::pause_all::<R>))
+        .route("/api/v1/chaos/resume-all", post(chaos::resume_all::<R>))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_token::<R>,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod chaos_cmd;
 mod client;
 mod commands;
 mod dataplane;
@@ -125,6 +126,10 @@ enum Command {
     /// Change fields of an application's manifest in Git as one commit (the CI hand-off):
     /// `release APP --set FIELD=VALUE [--push]`; prints the new commit.
     Release(Box<release::ReleaseArgs>),
+    /// Chaos experiments: run [--dry-run] [--wait], list, get, report, abort, pause-all,
+    /// resume-all.
+    #[command(subcommand)]
+    Chaos(chaos_cmd::ChaosCommand),
     /// The chaos fault agent and its sweeps (run by the controller).
     #[command(subcommand, hide = true)]
     Fault(fault_cmd::FaultCommand),
@@ -163,5 +168,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Load(args) => load::run(args),
         Command::Release(args) => release::run(*args),
         Command::Fault(command) => fault_cmd::run(command),
+        Command::Chaos(command) => chaos_cmd::run(&state_dir()?, command),
     }
 }

@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use gauntlet_api::{ApiConfig, Shutdown};
 use gauntlet_reconcile::proxy_link::ProxyLink;
-use gauntlet_reconcile::{Controller, ControllerConfig};
+use gauntlet_reconcile::{ChaosConfig, Controller, ControllerConfig};
 use gauntlet_runtime::local::LocalRuntime;
 use gauntlet_runtime::Runtime;
 use gauntlet_source::{redact_url, SourceConfig};
@@ -221,6 +221,10 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
             allow_empty: args.allow_empty,
             proxy: Some(ProxyLink::new(token.clone(), proxy_process)),
             revert_author: args.revert_author.clone(),
+            chaos: Some(ChaosConfig {
+                faults_dir: state_dir.join("faults"),
+                agent_bin: std::env::current_exe().context("locating the gauntlet binary")?,
+            }),
         },
         runtime.clone(),
         store.clone(),

@@ -123,8 +123,8 @@ fn validate_checks_strategies_and_the_templates_they_name() {
             "checkout.yaml:13:33: spec.strategy.canary.steps[2].analysis.templates[0].templateName: \
              unknown AnalysisTemplate `sucess-rate`"
         ) && err.contains(
-            "checkout.yaml:14:9: spec.strategy.canary.steps[3].chaos: the chaos step is not \
-             supported yet"
+            "checkout.yaml:14:17: spec.strategy.canary.steps[3].chaos.experiment: unknown \
+             ChaosExperiment `kill-one`"
         ),
         "{err}"
     );

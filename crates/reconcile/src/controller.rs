@@ -33,6 +33,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
 use crate::foreign;
+
+mod chaos;
 use crate::live::{self, Readings};
 use crate::measure::{self, MeasureContext};
 use crate::plan::{plan, Action, Cause, Health, Plan, SyncStatus};
@@ -43,6 +45,7 @@ use crate::status::{
     AppStatus, Change, CommitInfo, Diff, Rejected, RolloutView, SourceStatus, Status, TrafficShare,
 };
 use crate::traffic;
+pub use chaos::{ChaosConfig, ChaosError, RunSummary, RunView};
 use gauntlet_rollout::engine::{self, Traffic};
 
 const SNAPSHOT_KEY: &str = "source.snapshot";
@@ -91,6 +94,8 @@ pub struct ControllerConfig {
     /// Author of the commits `onFailure: revert` pushes (`Name <email>`); `None` for
     /// `Gauntlet <gauntlet@localhost>`.
     pub revert_author: Option<String>,
+    /// Where chaos experiments' process faults live; `None` refuses chaos runs.
+    pub chaos: Option<ChaosConfig>,
 }
 
 /// Which source a stored commit came from: a restart with another `--repo`, `--branch` or
@@ -191,6 +196,11 @@ struct Inner<R> {
     flags: RwLock<Arc<ServedFlags>>,
     /// Bumped each time the served flags change, for clients that wait for changes.
     flags_changed: watch::Sender<u64>,
+    chaos: Option<ChaosConfig>,
+    /// Active chaos runs and the proxy fault rules they hold.
+    chaos_runs: Mutex<chaos::ChaosRuns>,
+    /// Wakes the chaos loop: a run started, an answer arrived, an abort.
+    chaos_now: Notify,
 }
 
 /// A handle to the controller; cheap to clone.
@@ -283,6 +293,9 @@ impl<R: Runtime + Clone> Controller<R> {
                 parser: Mutex::new(parser),
                 flags: RwLock::new(Arc::new(flags)),
                 flags_changed: watch::channel(0).0,
+                chaos: config.chaos,
+                chaos_runs: Mutex::new(chaos::ChaosRuns::default()),
+                chaos_now: Notify::new(),
             }),
         }
     }
@@ -311,10 +324,12 @@ impl<R: Runtime + Clone> Controller<R> {
         let source = self.clone();
         let reconcile = self.clone();
         let metrics = self.clone();
+        let chaos = self.clone();
         tokio::join!(
             source.source_loop(),
             reconcile.reconcile_loop(),
-            metrics.metrics_loop()
+            metrics.metrics_loop(),
+            chaos.chaos_loop()
         );
     }
 
@@ -1065,7 +1080,14 @@ impl<R: Runtime + Clone> Controller<R> {
             let mut excluded = conflicts.clone();
             excluded.extend(link.unbindable());
             let rollouts = read(&self.inner.rollout_traffic).clone();
-            let routes = traffic::routes_with(&desired, &self.observed(), &excluded, &rollouts);
+            let mut routes = traffic::routes_with(&desired, &self.observed(), &excluded, &rollouts);
+            {
+                // Chaos experiments' traffic faults, each with its lease as its expiry.
+                let chaos = lock(&self.inner.chaos_runs);
+                for route in &mut routes {
+                    route.faults.extend(chaos.rules_for(&route.name));
+                }
+            }
             match link.push(routes.clone()).await {
                 Ok(pushed) => {
                     let records = pushed

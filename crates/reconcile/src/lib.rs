@@ -18,7 +18,9 @@ pub mod rollouts;
 pub mod status;
 pub mod traffic;
 
-pub use controller::{Controller, ControllerConfig, ServedFlags};
+pub use controller::{
+    ChaosConfig, ChaosError, Controller, ControllerConfig, RunSummary, RunView, ServedFlags,
+};
 pub use plan::{plan, Action, AppPlan, Cause, Health, Plan, SyncStatus};
 pub use status::{
     AppStatus, Change, CommitInfo, Diff, Rejected, RolloutView, SourceStatus, Status,

@@ -56,7 +56,7 @@ use tokio::task::JoinHandle;
 
 /// Process identity and stopping, shared with the controller's supervision of the proxy.
 pub mod os {
-    pub use super::process::{describe_exit, is_alive, start_time, stop_group};
+    pub use super::process::{describe_exit, is_alive, signal_group, start_time, stop_group};
 }
 pub use logs::{log_dir, log_file, log_files, DEFAULT_LOG_MAX_BYTES, ROTATED_LOGS_KEPT};
 pub use policy::{BACKOFF_INITIAL, BACKOFF_MAX, CRASH_LOOP_AFTER, STABLE_RUN};

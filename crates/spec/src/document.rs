@@ -8,7 +8,7 @@
 use std::fmt;
 
 use crate::diagnostic::Diagnostic;
-use crate::model::{AnalysisTemplate, Application, FeatureFlags};
+use crate::model::{AnalysisTemplate, Application, ChaosExperiment, FeatureFlags};
 use crate::parse::{self, Chunk};
 
 /// A known value of a document's `kind`.
@@ -16,6 +16,7 @@ use crate::parse::{self, Chunk};
 pub enum Kind {
     Application,
     AnalysisTemplate,
+    ChaosExperiment,
     FeatureFlags,
 }
 
@@ -24,6 +25,7 @@ impl Kind {
     pub const ALL: &'static [Kind] = &[
         Kind::Application,
         Kind::AnalysisTemplate,
+        Kind::ChaosExperiment,
         Kind::FeatureFlags,
     ];
 
@@ -32,6 +34,7 @@ impl Kind {
         match self {
             Kind::Application => "Application",
             Kind::AnalysisTemplate => "AnalysisTemplate",
+            Kind::ChaosExperiment => "ChaosExperiment",
             Kind::FeatureFlags => "FeatureFlags",
         }
     }
@@ -48,6 +51,7 @@ impl Kind {
             Kind::AnalysisTemplate => {
                 parse::deserialize(file, chunk).map(Document::AnalysisTemplate)
             }
+            Kind::ChaosExperiment => parse::deserialize(file, chunk).map(Document::ChaosExperiment),
             Kind::FeatureFlags => {
                 parse::deserialize_json_like(file, chunk).map(Document::FeatureFlags)
             }
@@ -69,6 +73,7 @@ impl fmt::Display for Kind {
 pub enum Document {
     Application(Application),
     AnalysisTemplate(AnalysisTemplate),
+    ChaosExperiment(ChaosExperiment),
     FeatureFlags(FeatureFlags),
 }
 

@@ -17,10 +17,13 @@
 //!   documents: weights, header routes, the guard, preview addresses, conditions, and every
 //!   `templateName` naming a template of the tree with the arguments it needs. Any problem
 //!   rejects the whole tree, so a half-valid commit is never applied.
-//! - The result is a [`DesiredState`] (`state.rs`): applications, analysis templates and
-//!   flags. [`Application::revision`] (`revision.rs`) names what a rollout moves between (the
-//!   workload only: neither the strategy nor a template is part of it), and [`schema`]
-//!   (`schema.rs`) describes the documents for editors.
+//! - `experiment.rs` reads `kind: ChaosExperiment` documents (`gauntlet-chaos`'s spec, its
+//!   problems placed at their line), and checks that an experiment's target and `dependency`
+//!   faults name applications of the tree and every `chaos` step names an experiment of it.
+//! - The result is a [`DesiredState`] (`state.rs`): applications, analysis templates, chaos
+//!   experiments and flags. [`Application::revision`] (`revision.rs`) names what a rollout
+//!   moves between (the workload only: neither the strategy nor a template nor an experiment
+//!   is part of it), and [`schema`] (`schema.rs`) describes the documents for editors.
 //!
 //! ```
 //! use gauntlet_spec::{parse, SourceFile};
@@ -37,6 +40,7 @@
 
 mod diagnostic;
 mod document;
+mod experiment;
 mod fields;
 mod files;
 mod flags;

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use gauntlet_chaos::spec::ChaosExperimentSpec;
 use gauntlet_rollout::analysis::AnalysisTemplateSpec;
 use gauntlet_rollout::engine::Strategy;
 use schemars::JsonSchema;
@@ -141,8 +142,10 @@ pub struct Artifact {
 }
 
 /// A readiness probe, after Kubernetes: exactly one of `httpGet`, `tcpSocket`, `exec`.
+// Named apart in the schema from a ChaosExperiment's hypothesis `Probe`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "ReadinessProbe")]
 pub struct Probe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_get: Option<HttpGetAction>,
@@ -248,6 +251,21 @@ pub struct AnalysisTemplate {
     pub kind: String,
     pub metadata: Metadata,
     pub spec: AnalysisTemplateSpec,
+}
+
+/// `kind: ChaosExperiment`: a steady-state hypothesis, a method of faults, actions and pauses,
+/// and rollbacks, run against one application on a schedule, on demand, or as a rollout's
+/// `chaos` step.
+///
+/// `spec` is `gauntlet-chaos`'s [`ChaosExperimentSpec`], with its rules. Experiments are not
+/// part of any revision: editing one restarts nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ChaosExperiment {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: ChaosExperimentSpec,
 }
 
 /// `kind: FeatureFlags`: one flag set in flagd's format, served over OFREP.

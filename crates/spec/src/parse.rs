@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Located, Origin};
 use crate::document::{known_kinds, Document, Kind};
+use crate::experiment::{self, ParsedExperiment};
 use crate::fields::FieldIndex;
 use crate::flags::{self, DeclaredFlags, FlagDoc};
 use crate::model::API_VERSION;
@@ -50,8 +51,8 @@ pub fn parse(files: &[SourceFile]) -> Result<DesiredState, Diagnostics> {
 
 /// A parser that remembers each file's documents, so a commit that changes one file of ten
 /// thousand re-reads one file. The whole-tree checks (unique names and addresses, the
-/// `dependsOn` graph, the templates a strategy names) still run over every document, so the
-/// result is exactly [`parse`]'s.
+/// `dependsOn` graph, the templates and experiments a strategy names, the applications an
+/// experiment names) still run over every document, so the result is exactly [`parse`]'s.
 #[derive(Default)]
 pub struct Parser {
     files: HashMap<String, Arc<FileParse>>,
@@ -65,6 +66,7 @@ struct FileParse {
     contents: String,
     applications: Vec<Arc<Parsed>>,
     templates: Vec<Arc<ParsedTemplate>>,
+    experiments: Vec<Arc<ParsedExperiment>>,
     /// Flag sets that are valid on their own.
     flag_sets: Vec<Arc<FlagDoc>>,
     /// Documents that could not be read.
@@ -81,6 +83,7 @@ impl Parser {
         let mut invalid = Vec::new();
         let mut applications: Vec<Arc<Parsed>> = Vec::new();
         let mut templates: Vec<Arc<ParsedTemplate>> = Vec::new();
+        let mut experiments: Vec<Arc<ParsedExperiment>> = Vec::new();
         let mut flag_sets: Vec<Arc<FlagDoc>> = Vec::new();
         for file in files {
             let parsed = match self.files.get(&file.path) {
@@ -89,6 +92,7 @@ impl Parser {
             };
             applications.extend(parsed.applications.iter().cloned());
             templates.extend(parsed.templates.iter().cloned());
+            experiments.extend(parsed.experiments.iter().cloned());
             flag_sets.extend(parsed.flag_sets.iter().cloned());
             diagnostics.extend(parsed.problems.iter().cloned());
             invalid.extend(parsed.invalid.iter().cloned());
@@ -100,6 +104,7 @@ impl Parser {
         diagnostics.append(&mut invalid);
         diagnostics.extend(validate::applications(&applications, complete));
         diagnostics.extend(strategy::tree(&applications, &templates, complete));
+        diagnostics.extend(experiment::tree(&applications, &experiments, complete));
         diagnostics.extend(flags::conflicts(&flag_sets));
         if !diagnostics.is_empty() {
             diagnostics.sort();
@@ -117,9 +122,14 @@ impl Parser {
             .iter()
             .map(|parsed| (parsed.name.clone(), parsed.template.clone()))
             .collect();
+        let experiments = experiments
+            .iter()
+            .map(|parsed| (parsed.name.clone(), parsed.experiment.clone()))
+            .collect();
         Ok(DesiredState {
             applications,
             templates,
+            experiments,
             flags,
         })
     }
@@ -143,6 +153,7 @@ impl Parser {
 fn parse_file(file: &SourceFile) -> FileParse {
     let mut applications = Vec::new();
     let mut templates = Vec::new();
+    let mut experiments = Vec::new();
     let mut flag_sets = Vec::new();
     let mut problems = Vec::new();
     let mut invalid = Vec::new();
@@ -155,6 +166,7 @@ fn parse_file(file: &SourceFile) -> FileParse {
             contents: file.contents.clone(),
             applications,
             templates,
+            experiments,
             flag_sets,
             problems,
             invalid,
@@ -185,6 +197,16 @@ fn parse_file(file: &SourceFile) -> FileParse {
                 invalid.append(&mut found);
                 templates.push(Arc::new(parsed));
             }
+            Ok(Some(Document::ChaosExperiment(doc))) => {
+                let spec = Located {
+                    value: doc.spec,
+                    origin: chunk.origin(&file.path),
+                };
+                let (parsed, mut found) =
+                    experiment::experiment(doc.metadata.name, spec, DocumentText::of(&chunk));
+                invalid.append(&mut found);
+                experiments.push(Arc::new(parsed));
+            }
             Ok(Some(Document::FeatureFlags(doc))) => {
                 let (set, mut found) = flags::from_document(&file.path, &chunk, doc);
                 if found.is_empty() {
@@ -200,6 +222,7 @@ fn parse_file(file: &SourceFile) -> FileParse {
         contents: file.contents.clone(),
         applications,
         templates,
+        experiments,
         flag_sets,
         problems,
         invalid,
@@ -829,7 +852,8 @@ spec:
         assert_eq!(error.field.as_deref(), Some("kind"));
         assert_eq!(
             error.message,
-            "missing field `kind`, expected one of `Application`, `AnalysisTemplate`, `FeatureFlags`"
+            "missing field `kind`, expected one of `Application`, `AnalysisTemplate`, \
+             `ChaosExperiment`, `FeatureFlags`"
         );
     }
 
@@ -839,7 +863,8 @@ spec:
         assert_eq!((error.line, error.field.as_deref()), (2, Some("kind")));
         assert_eq!(
             error.message,
-            "unknown kind `Rollout`, expected one of `Application`, `AnalysisTemplate`, `FeatureFlags`"
+            "unknown kind `Rollout`, expected one of `Application`, `AnalysisTemplate`, \
+             `ChaosExperiment`, `FeatureFlags`"
         );
     }
 

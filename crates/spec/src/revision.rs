@@ -2,9 +2,10 @@
 //!
 //! Two specs with the same process and readiness probe run the same thing, so they share a
 //! revision; scaling, moving the service, editing labels, the rollout strategy or `onFailure`
-//! is not a new revision and needs no rollout. Analysis templates and flags live in documents of
-//! their own and are never part of a revision. The hash is over canonical JSON (object keys sorted, defaults filled in), so it is
-//! the same on every machine and run, and writing a default value out changes nothing.
+//! is not a new revision and needs no rollout. Analysis templates, chaos experiments and flags
+//! live in documents of their own and are never part of a revision. The hash is over canonical
+//! JSON (object keys sorted, defaults filled in), so it is the same on every machine and run,
+//! and writing a default value out changes nothing.
 
 use serde::Serialize;
 use serde_json::Value;

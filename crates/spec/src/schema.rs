@@ -5,7 +5,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 
 use crate::document::Kind;
-use crate::model::{AnalysisTemplate, Application, FeatureFlags, API_VERSION};
+use crate::model::{AnalysisTemplate, Application, ChaosExperiment, FeatureFlags, API_VERSION};
 
 /// JSON Schema (draft 2020-12) for one document: a `oneOf` over the known kinds, each with
 /// `apiVersion` and `kind` pinned to their only valid values.
@@ -23,6 +23,7 @@ pub fn schema() -> Value {
         .map(|kind| match kind {
             Kind::Application => generator.subschema_for::<Application>(),
             Kind::AnalysisTemplate => generator.subschema_for::<AnalysisTemplate>(),
+            Kind::ChaosExperiment => generator.subschema_for::<ChaosExperiment>(),
             Kind::FeatureFlags => generator.subschema_for::<FeatureFlags>(),
         })
         .map(Value::from)

@@ -1,13 +1,16 @@
 //! The desired state of a whole tree: every application of one commit, validated, by name,
-//! its analysis templates, by name, and the commit's feature flags, merged.
+//! its analysis templates and chaos experiments, by name, and the commit's feature flags,
+//! merged.
 //!
 //! The reconciler compares this with what runs; `apply_order` tells it which applications to
-//! bring up first, and `templates_of` which templates an application's rollout may run.
+//! bring up first, and `templates_of` and `experiments_of` which templates and experiments an
+//! application's rollout may run.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use std::sync::Arc;
 
+use gauntlet_chaos::spec::ChaosExperimentSpec;
 use gauntlet_rollout::analysis::AnalysisTemplateSpec;
 
 use crate::diagnostic::{Located, Origin};
@@ -33,6 +36,9 @@ pub struct DesiredState {
     /// Every `AnalysisTemplate` by `metadata.name`, with where it is declared. Templates are not
     /// part of any revision: changing one restarts nothing.
     pub templates: BTreeMap<String, Arc<Located<AnalysisTemplateSpec>>>,
+    /// Every `ChaosExperiment` by `metadata.name`, with where it is declared. Experiments are
+    /// not part of any revision: changing one restarts nothing.
+    pub experiments: BTreeMap<String, Arc<Located<ChaosExperimentSpec>>>,
     /// Every flag of every `FeatureFlags` document and `*.flagd.json` file. Flags are not part
     /// of any application's revision: changing one restarts nothing.
     pub flags: DeclaredFlags,
@@ -59,6 +65,29 @@ impl DesiredState {
                 let name = &reference.template_name;
                 let template = self.templates.get(name)?;
                 Some((name.clone(), template.value.clone()))
+            })
+            .collect()
+    }
+
+    /// The experiments application `app`'s strategy runs in its `chaos` steps, by name: what
+    /// the rollout's `StartChaos` actions may ask for. Shared with the state, since a run keeps
+    /// the spec it started with. Empty for an unknown application or one without `chaos`
+    /// steps; in a state built by [`parse`] every name is found.
+    ///
+    /// [`parse`]: crate::parse
+    pub fn experiments_of(&self, app: &str) -> BTreeMap<String, Arc<Located<ChaosExperimentSpec>>> {
+        let Some(strategy) = self
+            .applications
+            .get(app)
+            .and_then(|declared| declared.value.spec.strategy.as_ref())
+        else {
+            return BTreeMap::new();
+        };
+        strategy::chaos_steps(strategy)
+            .into_iter()
+            .filter_map(|(_, step)| {
+                let experiment = self.experiments.get(&step.experiment)?;
+                Some((step.experiment.clone(), experiment.clone()))
             })
             .collect()
     }

@@ -7,8 +7,8 @@
 //!
 //! - [`application`]: a strategy on its own, with its application's `service`: a listen
 //!   address to split traffic on, weights and percentages in range, header routes that match on
-//!   one thing with regexes that compile, a guard that can work, a preview address of its own,
-//!   and no `chaos` step yet.
+//!   one thing with regexes that compile, a guard that can work, and a preview address of its
+//!   own.
 //! - [`template`]: a template on its own, once when its file is read: its name, metrics,
 //!   conditions that parse (with the column where they stop making sense) and arguments that are
 //!   declared before they are used.
@@ -16,7 +16,8 @@
 //!   template of the tree, given every argument that has no default.
 //!
 //! Listen addresses shared between applications, previews included, are checked with the
-//! others in `validate.rs`.
+//! others in `validate.rs`; that every `chaos` step names a `ChaosExperiment` of the tree, in
+//! `experiment.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use gauntlet_rollout::analysis::{
     substitute_str, AnalysisError, AnalysisTemplateSpec, Arg, MetricSpec, Provider, TemplateRef,
 };
-use gauntlet_rollout::engine::{CanaryStep, HeaderRoute, Strategy, StringMatch};
+use gauntlet_rollout::engine::{CanaryStep, ChaosStep, HeaderRoute, Strategy, StringMatch};
 use gauntlet_rollout::expr::{Condition, ParseError};
 use gauntlet_rollout::guard::GuardConfigError;
 
@@ -42,8 +43,6 @@ pub(crate) const PREVIEW: &str = "spec.strategy.blueGreen.previewListen";
 pub(crate) enum Problem {
     #[error("a rollout needs service.listen: the proxy splits traffic there")]
     NoListen,
-    #[error("the chaos step is not supported yet: it arrives with ChaosExperiment")]
-    ChaosStep,
     #[error("setWeight must be from 0 to 100 (percent of traffic to the candidate), got {0}")]
     Weight(f64),
     #[error("percent must be from 0 to 100, got {0}")]
@@ -148,6 +147,25 @@ pub(crate) fn analyses(strategy: &Strategy) -> Vec<AnalysisUse<'_>> {
     uses
 }
 
+/// Every `chaos` step of `strategy`, in manifest order, with the field path of the step's
+/// `chaos` (`spec.strategy.canary.steps[4].chaos`). Only canaries have steps.
+pub(crate) fn chaos_steps(strategy: &Strategy) -> Vec<(String, &ChaosStep)> {
+    let Strategy::Canary(canary) = strategy else {
+        return Vec::new();
+    };
+    canary
+        .steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, step)| match step {
+            CanaryStep::Chaos(chaos) => {
+                Some((format!("spec.strategy.canary.steps[{i}].chaos"), chaos))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// The blue/green preview address of `spec`, if it has one.
 pub(crate) fn preview_listen(spec: &ApplicationSpec) -> Option<&str> {
     match &spec.strategy {
@@ -183,11 +201,11 @@ pub(crate) fn application(spec: &ApplicationSpec) -> Vec<(String, Invalid)> {
                             problem(format!("{at}.setHeaderRoute{path}"), found);
                         }
                     }
-                    CanaryStep::Chaos(_) => problem(format!("{at}.chaos"), Problem::ChaosStep),
                     CanaryStep::SetWeight(_)
                     | CanaryStep::SetMirrorRoute(_)
                     | CanaryStep::Pause(_)
-                    | CanaryStep::Analysis(_) => {}
+                    | CanaryStep::Analysis(_)
+                    | CanaryStep::Chaos(_) => {}
                 }
             }
             if let Err(error) = canary.guard.validate() {
@@ -494,7 +512,8 @@ mod tests {
     use crate::model::OnFailure;
     use crate::parse::{parse, SourceFile};
 
-    /// A canary with every step kind Gauntlet accepts today. Line numbers matter to the tests.
+    /// A canary with every step kind but `chaos` (tested with experiments, in `experiment.rs`).
+    /// Line numbers matter to the tests.
     const APP: &str = "\
 apiVersion: gauntlet.dev/v1alpha1
 kind: Application
@@ -649,15 +668,16 @@ spec:
     }
 
     #[test]
-    fn the_chaos_step_is_rejected_until_chaos_experiments_exist() {
+    fn a_chaos_step_must_name_a_chaos_experiment_of_the_tree() {
         let app = APP.replace(
             "setMirrorRoute: {percent: 10}",
             "chaos: {experiment: kill-one}",
         );
         assert_eq!(
             only(&app, TEMPLATE),
-            "web.yaml:18:9: spec.strategy.canary.steps[4].chaos: the chaos step is not \
-             supported yet: it arrives with ChaosExperiment"
+            "web.yaml:18:17: spec.strategy.canary.steps[4].chaos.experiment: unknown \
+             ChaosExperiment `kill-one`: chaos.experiment must name a ChaosExperiment of this \
+             tree"
         );
     }
 

@@ -251,7 +251,7 @@ pub fn run_agent(dir: &Path, id: &str, fault: Fault, until_ms: u64) -> Result<En
     let held = apply(&record);
     let ended = match held {
         Ok(held) => {
-            let ended = hold(&record, until_ms);
+            let ended = hold(dir, &record);
             drop(held);
             ended
         }
@@ -352,10 +352,25 @@ fn fill(path: &Path, bytes: u64) -> io::Result<()> {
     f.sync_all()
 }
 
-fn hold(record: &FaultRecord, until_ms: u64) -> Ended {
+/// How often an agent re-reads its record for a renewed lease.
+const RENEWAL_CHECK: Duration = Duration::from_millis(100);
+
+fn hold(dir: &Path, record: &FaultRecord) -> Ended {
+    let mut until_ms = record.until_ms;
+    let mut checked = Instant::now();
     loop {
         if STOP.load(Ordering::SeqCst) {
             return Ended::Stopped;
+        }
+        if checked.elapsed() >= RENEWAL_CHECK {
+            checked = Instant::now();
+            // The controller renews a lease by rewriting the record (see `renew`); a record
+            // that is gone or unreadable keeps the lease the agent has.
+            if let Ok(Ok(r)) = fs::read(record_path(dir, &record.id))
+                .map(|b| serde_json::from_slice::<FaultRecord>(&b))
+            {
+                until_ms = r.until_ms;
+            }
         }
         if now_ms() >= until_ms {
             return Ended::Expired;
@@ -415,7 +430,10 @@ pub fn sweep(dir: &Path) -> Vec<String> {
 /// milliseconds), up to `grace` for them to exit, then SIGKILL to any left and a sweep. Returns
 /// the ids of the faults ended.
 pub fn stop_all(dir: &Path, grace: Duration) -> Vec<String> {
-    let all = records(dir);
+    stop_records(dir, grace, records(dir))
+}
+
+fn stop_records(dir: &Path, grace: Duration, all: Vec<FaultRecord>) -> Vec<String> {
     for r in all.iter().filter(|r| agent_alive(r)) {
         // SAFETY: kill has no memory-safety preconditions; the pid was checked against its
         // start time just above.
@@ -437,8 +455,39 @@ pub fn stop_all(dir: &Path, grace: Duration) -> Vec<String> {
     while Instant::now() < deadline && all.iter().any(agent_alive) {
         std::thread::sleep(Duration::from_millis(2));
     }
-    sweep(dir);
+    // Only these records: other agents keep their faults.
+    for r in &all {
+        if !agent_alive(r) && record_path(dir, &r.id).exists() {
+            undo(r);
+            let _ = fs::remove_file(record_path(dir, &r.id));
+        }
+    }
     all.into_iter().map(|r| r.id).collect()
+}
+
+/// Moves the lease of agent `id` to `until_ms` (earlier or later); the agent picks it up within
+/// 100 ms. An agent that is gone is left alone: its record is for [`sweep`].
+pub fn renew(dir: &Path, id: &str, until_ms: u64) -> Result<(), FaultError> {
+    let Some(mut record) = records(dir).into_iter().find(|r| r.id == id) else {
+        return Ok(());
+    };
+    if !agent_alive(&record) {
+        return Ok(());
+    }
+    record.until_ms = until_ms;
+    write_record(dir, &record)
+}
+
+/// [`stop_all`] for the agents whose id `matches`.
+pub fn stop_matching(dir: &Path, grace: Duration, matches: impl Fn(&str) -> bool) -> Vec<String> {
+    stop_records(
+        dir,
+        grace,
+        records(dir)
+            .into_iter()
+            .filter(|r| matches(&r.id))
+            .collect(),
+    )
 }
 
 /// Whether `pid` is stopped (SIGSTOP), from `/proc`.

@@ -164,7 +164,7 @@ pub(crate) fn spawn(launch: &Launch, log: &Path) -> Result<tokio::process::Child
 
 /// Sends `signal` to the process group led by `pgid`. A group that no longer exists is not
 /// an error: the goal (the group is gone or signalled) is reached either way.
-pub(crate) fn signal_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
+pub fn signal_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
     // kill(-0) signals our own group and kill(-1) every process we may signal: never do that.
     let pgid = libc::pid_t::try_from(pgid)
         .ok()
