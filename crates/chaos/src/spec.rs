@@ -305,6 +305,9 @@ impl Probe {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpProbe {
+    /// `${TARGET}` in it becomes `127.0.0.1:PORT` of one running instance of the target's
+    /// revision (ready ones first): a probe of the target itself, past the proxy, e.g.
+    /// `http://${TARGET}/` to ask the candidate alone.
     pub url: String,
     #[serde(default = "default_method")]
     pub method: String,

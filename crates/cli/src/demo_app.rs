@@ -3,6 +3,12 @@
 //! `GET /` answers `<version>` (failing with 500 for `--error-rate` of requests, after a delay
 //! drawn from `--latency`), `GET /healthz` answers 200 once listening, `GET /version` answers
 //! the version alone. It stops gracefully on SIGTERM, as a well-behaved service should.
+//!
+//! With `--downstream URL`, `GET /` first calls that URL (another application, through its
+//! service listener), as a real service calls its dependencies. With `--downstream-timeout`
+//! it gives up on a slow or failing dependency after that long and answers from a fallback
+//! (`<version> (fallback)`); without it, it waits as long as the dependency takes and answers
+//! 502 when the call fails: the release that does not survive a dependency's outage.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -32,6 +38,13 @@ pub struct DemoAppArgs {
     /// (`10ms..50ms`).
     #[arg(long, value_parser = parse_latency)]
     latency: Option<Latency>,
+    /// A dependency `GET /` calls before answering, e.g. http://127.0.0.1:8081/.
+    #[arg(long)]
+    downstream: Option<String>,
+    /// Give up on the dependency after this long and answer from a fallback; without it,
+    /// wait as long as it takes.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "downstream")]
+    downstream_timeout: Option<Duration>,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -71,6 +84,34 @@ struct App {
     error_rate: f64,
     latency: Option<Latency>,
     rng: AtomicU64,
+    downstream: Option<Downstream>,
+}
+
+struct Downstream {
+    url: String,
+    client: reqwest::Client,
+    /// With a timeout, a failed call is answered from a fallback.
+    timeout: Option<Duration>,
+}
+
+impl Downstream {
+    /// Calls the dependency: `Ok(true)` when it answered 2xx, `Ok(false)` when it failed
+    /// and a fallback is allowed, `Err` when the caller must fail.
+    async fn call(&self) -> Result<bool, String> {
+        let mut request = self.client.get(&self.url);
+        if let Some(t) = self.timeout {
+            request = request.timeout(t);
+        }
+        let outcome = match request.send().await {
+            Ok(r) if r.status().is_success() => return Ok(true),
+            Ok(r) => format!("status {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        match self.timeout {
+            Some(_) => Ok(false),
+            None => Err(outcome),
+        }
+    }
 }
 
 impl App {
@@ -99,13 +140,26 @@ async fn root(State(app): State<Arc<App>>) -> (StatusCode, String) {
         let span = l.max.saturating_sub(l.min);
         tokio::time::sleep(l.min + span.mul_f64(app.uniform())).await;
     }
+    let mut fallback = "";
+    if let Some(downstream) = &app.downstream {
+        match downstream.call().await {
+            Ok(true) => {}
+            Ok(false) => fallback = " (fallback)",
+            Err(e) => {
+                return (
+                    StatusCode::BAD_GATEWAY,
+                    format!("{}: the dependency failed: {e}\n", app.version),
+                )
+            }
+        }
+    }
     if app.error_rate > 0.0 && app.uniform() < app.error_rate {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("{} failed\n", app.version),
         );
     }
-    (StatusCode::OK, format!("{}\n", app.version))
+    (StatusCode::OK, format!("{}{fallback}\n", app.version))
 }
 
 pub fn run(args: DemoAppArgs) -> Result<ExitCode> {
@@ -128,6 +182,17 @@ async fn serve(args: DemoAppArgs) -> Result<ExitCode> {
         error_rate: args.error_rate,
         latency: args.latency,
         rng: AtomicU64::new(seed ^ u64::from(std::process::id())),
+        downstream: match &args.downstream {
+            Some(url) => Some(Downstream {
+                url: url.clone(),
+                client: reqwest::Client::builder()
+                    .no_proxy()
+                    .build()
+                    .context("building the downstream client")?,
+                timeout: args.downstream_timeout,
+            }),
+            None => None,
+        },
     });
     let version = args.version.clone();
     let router = Router::new()
@@ -187,6 +252,7 @@ mod tests {
             error_rate: 0.0,
             latency: None,
             rng: AtomicU64::new(12345),
+            downstream: None,
         };
         let draws: Vec<f64> = (0..1000).map(|_| app.uniform()).collect();
         assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));

@@ -140,6 +140,18 @@ fn print(out: &mut dyn Write, v: &RolloutView) -> std::io::Result<()> {
             )?;
         }
     }
+    if let Some(gate) = &v.chaos {
+        let state = match (&gate.verdict, &gate.waiting) {
+            (Some(v), _) if v.passed => format!("passed: {}", v.message),
+            (Some(v), _) => format!("failed: {}", v.message),
+            (None, Some(why)) => format!("waiting: {why}"),
+            (None, None) => "running".to_string(),
+        };
+        writeln!(out, "chaos      experiment {}: {state}", gate.experiment)?;
+        if let Some(run) = &gate.run {
+            writeln!(out, "           journal: gauntlet chaos report {run}")?;
+        }
+    }
     for (key, run) in &s.runs {
         analysis(out, &key.to_string(), run)?;
     }

@@ -223,3 +223,118 @@ fn an_unknown_experiment_and_runs_while_paused_are_refused() {
         "{history:?}"
     );
 }
+
+/// `web`, calling `payments` on every request, with a canary whose second step is the chaos
+/// experiment `dependency-outage`; `downstream` are demo-app's flags for the call.
+fn gated_web(version: &str, port: u16, payments: u16, downstream: &str) -> String {
+    format!(
+        r#"apiVersion: gauntlet.dev/v1alpha1
+kind: Application
+metadata:
+  name: web
+spec:
+  replicas: 1
+  process:
+    command: ["{BIN}", "demo-app"]
+    args: ["--listen", "127.0.0.1:${{PORT}}", "--version", "{version}", "--downstream", "http://127.0.0.1:{payments}/"{downstream}]
+    terminationGracePeriodSeconds: 5
+  readiness:
+    httpGet: {{path: /healthz}}
+    periodSeconds: 1
+  service:
+    listen: "127.0.0.1:{port}"
+  strategy:
+    canary:
+      abortScaleDownDelaySeconds: 0
+      steps:
+      - setWeight: 20
+      - chaos: {{experiment: dependency-outage}}
+"#
+    )
+}
+
+/// The candidate alone must answer within a second while its calls to `payments` are held
+/// for three.
+const DEPENDENCY_OUTAGE: &str = "  target: {application: web, revision: candidate, mode: all}\n  hypothesis:\n    probes:\n    - {name: candidate-answers, http: {url: \"http://${TARGET}/\"}, timeout: 1s, tolerance: {status: 200}}\n  method:\n  - {fault: {dependency: {application: payments, delay: {latency: 3s}}}}\n  - {pause: 500ms}\n  duration: 1m\n";
+
+#[test]
+fn a_chaos_step_promotes_a_candidate_that_survives_and_rolls_back_one_that_does_not() {
+    let repo = Repo::new();
+    let (port, payments) = (free_port(), free_port());
+    repo.write(
+        "apps/payments.yaml",
+        &format!(
+            "{}  service:\n    listen: \"127.0.0.1:{payments}\"\n",
+            app_yaml("payments", "p1", 1)
+        ),
+    );
+    let resilient = r#", "--downstream-timeout", "200ms""#;
+    repo.write("apps/web.yaml", &gated_web("v1", port, payments, resilient));
+    repo.write(
+        "chaos/dependency-outage.yaml",
+        &experiment("dependency-outage", DEPENDENCY_OUTAGE),
+    );
+    repo.commit("web v1 calling payments");
+    let c = Controller::start(repo.path().to_str().unwrap(), &[]);
+    c.wait_healthy("payments", 1);
+    c.wait_healthy("web", 1);
+    wait_until("web answers through the proxy", || {
+        (status(port) == Some(200)).then_some(())
+    });
+
+    // v2 gives up on payments after 200 ms and answers from a fallback: it survives.
+    repo.write("apps/web.yaml", &gated_web("v2", port, payments, resilient));
+    repo.commit("web v2, resilient");
+    c.sync();
+    c.wait_until("v2 promoted through its chaos step", || {
+        let history = c.history("web");
+        history
+            .iter()
+            .any(|r| r["action"] == "rollout-completed")
+            .then_some(())
+    });
+    let runs = c.get("/api/v1/chaos/runs");
+    let gate = runs["runs"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["gate"]["app"] == "web"))
+        .cloned()
+        .unwrap_or_else(|| panic!("a gate run: {runs}"));
+    assert_eq!(gate["status"], "completed", "{runs}");
+
+    // v3 waits on payments for as long as it takes: its chaos step rolls it back.
+    repo.write("apps/web.yaml", &gated_web("v3", port, payments, ""));
+    repo.commit("web v3, no timeout on payments");
+    c.sync();
+    let aborted = c.wait_until("v3 rolled back by its chaos step", || {
+        c.history("web")
+            .into_iter()
+            .find(|r| r["action"] == "rollout-aborted")
+    });
+    let reason = aborted["reason"].as_str().unwrap_or_default().to_string();
+    assert!(
+        reason.contains("did not survive chaos experiment dependency-outage"),
+        "{aborted}"
+    );
+    // The abort names the run; its journal shows the deviation and the fault removed.
+    let run_id = reason
+        .split("run ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .unwrap_or_else(|| panic!("the abort names its run: {reason}"))
+        .to_string();
+    let run = finished(&c, &run_id);
+    let journal = &run["journal"];
+    assert_eq!(journal["status"], "failed", "{journal}");
+    assert_eq!(journal["deviated"], true, "{journal}");
+    assert!(journal["faults"][0]["removedMs"].is_u64(), "{journal}");
+    let view = c.get("/api/v1/apps/web/rollout");
+    assert!(
+        view["state"]["aborted"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&run_id)),
+        "the rollout's status links the journal: {view}"
+    );
+    wait_until("v2 serves again", || {
+        answer(u64::from(port)).filter(|b| b.starts_with("v2"))
+    });
+}

@@ -45,7 +45,7 @@ use crate::status::{
     AppStatus, Change, CommitInfo, Diff, Rejected, RolloutView, SourceStatus, Status, TrafficShare,
 };
 use crate::traffic;
-pub use chaos::{ChaosConfig, ChaosError, RunSummary, RunView};
+pub use chaos::{ChaosConfig, ChaosError, Gate, GateRun, RunSummary, RunView};
 use gauntlet_rollout::engine::{self, Traffic};
 
 const SNAPSHOT_KEY: &str = "source.snapshot";
@@ -887,6 +887,17 @@ impl<R: Runtime + Clone> Controller<R> {
             }
         }
         *write(&self.inner.rollout_traffic) = traffic;
+        let wanted = self.wanted_gates(desired);
+        let verdicts = self.sync_gates(&wanted).await;
+        if !verdicts.is_empty() {
+            let mut rollouts = lock(&self.inner.rollouts);
+            for (app, verdicts) in verdicts {
+                if let Some((_, pending)) = rollouts.get_mut(&app) {
+                    pending.chaos = verdicts;
+                }
+            }
+            self.inner.reconcile_now.notify_one();
+        }
         for (app, abort, stable) in reverts {
             tokio::spawn(self.clone().revert(app, abort, stable));
         }
@@ -907,6 +918,34 @@ impl<R: Runtime + Clone> Controller<R> {
             });
         }
         Some(targets)
+    }
+
+    /// The chaos steps rollouts are at: each candidate waiting on its step's experiment.
+    fn wanted_gates(&self, desired: &DesiredState) -> BTreeMap<chaos::Gate, String> {
+        let rollouts = lock(&self.inner.rollouts);
+        let mut wanted = BTreeMap::new();
+        for (app, (rollout, _)) in rollouts.iter() {
+            let state = &rollout.state;
+            let (Some(candidate), true) = (&state.candidate, state.chaos_started) else {
+                continue;
+            };
+            let strategy = desired
+                .applications
+                .get(app)
+                .and_then(|d| d.value.spec.strategy.as_ref());
+            let Some(engine::Strategy::Canary(canary)) = strategy else {
+                continue;
+            };
+            if let Some(engine::CanaryStep::Chaos(step)) = canary.steps.get(state.step_index) {
+                let gate = chaos::Gate {
+                    app: app.clone(),
+                    revision: candidate.clone(),
+                    step: state.step_index,
+                };
+                wanted.insert(gate, step.experiment.clone());
+            }
+        }
+        wanted
     }
 
     /// `onFailure: revert`: commits and pushes the restoration of `app`'s stable manifest (see
@@ -975,6 +1014,7 @@ impl<R: Runtime + Clone> Controller<R> {
             stable_rates: rates(&rollout.state.stable),
             candidate_rates: rates(&rollout.state.candidate),
             guard,
+            chaos: self.chaos_gate(app),
             state: rollout.state.clone(),
         })
     }

@@ -19,7 +19,8 @@ pub mod status;
 pub mod traffic;
 
 pub use controller::{
-    ChaosConfig, ChaosError, Controller, ControllerConfig, RunSummary, RunView, ServedFlags,
+    ChaosConfig, ChaosError, Controller, ControllerConfig, Gate, GateRun, RunSummary, RunView,
+    ServedFlags,
 };
 pub use plan::{plan, Action, AppPlan, Cause, Health, Plan, SyncStatus};
 pub use status::{

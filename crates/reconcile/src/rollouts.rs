@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 
 use gauntlet_proxy::metrics::{MetricsSnapshot, LATENCY_BOUNDS_US};
 use gauntlet_rollout::engine::{
-    self, Action as RolloutAction, Command, MeasurementResult, Observations, Phase, RolloutSpec,
-    RolloutState, Traffic,
+    self, Action as RolloutAction, ChaosVerdict, Command, MeasurementResult, Observations, Phase,
+    RolloutSpec, RolloutState, Traffic,
 };
 use gauntlet_rollout::guard::{LatencyHistogram, TrafficDelta};
 use gauntlet_runtime::Instance;
@@ -120,6 +120,8 @@ pub struct Pending {
     pub fed: BTreeMap<String, MetricsSnapshot>,
     pub measurements: Vec<MeasurementResult>,
     pub commands: Vec<Command>,
+    /// The verdict of the chaos step's run, once it finished.
+    pub chaos: Vec<ChaosVerdict>,
     /// The state was loaded from the store: the engine is told the controller was away.
     pub restarted: bool,
 }
@@ -175,7 +177,7 @@ pub fn observations(
         stable_traffic,
         candidate_traffic,
         measurements: std::mem::take(&mut pending.measurements),
-        chaos: Vec::new(),
+        chaos: std::mem::take(&mut pending.chaos),
         commands: std::mem::take(&mut pending.commands),
     }
 }

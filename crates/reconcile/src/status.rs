@@ -166,4 +166,7 @@ pub struct RolloutView {
     pub guard: Option<gauntlet_rollout::guard::GuardEvidence>,
     pub stable_rates: Option<crate::live::RevisionRates>,
     pub candidate_rates: Option<crate::live::RevisionRates>,
+    /// The chaos step the candidate is at: its experiment's run (`gauntlet chaos report RUN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<crate::GateRun>,
 }

@@ -6,12 +6,12 @@
 //! [`experiment`] places each at its line, once when the file is read. What one document cannot
 //! know is checked by [`tree`]: experiment names are unique, an experiment's target and every
 //! `dependency` fault name an Application of the tree, and every `chaos` step of a strategy
-//! names an experiment of the tree.
+//! names an experiment of the tree that targets the candidate of that step's application.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use gauntlet_chaos::spec::{ChaosExperimentSpec, Fault};
+use gauntlet_chaos::spec::{ChaosExperimentSpec, Fault, TargetRevision};
 
 use crate::diagnostic::{Diagnostic, Located, Origin};
 use crate::parse::{DocumentText, Parsed};
@@ -31,6 +31,17 @@ pub(crate) enum Problem {
         "unknown ChaosExperiment `{0}`: chaos.experiment must name a ChaosExperiment of this tree"
     )]
     UnknownExperiment(String),
+    #[error(
+        "experiment `{experiment}` targets the {revision} of `{application}`: the experiment of a \
+         chaos step must target this application's candidate (target: {{application: {app}, \
+         revision: candidate}})"
+    )]
+    GateTarget {
+        experiment: String,
+        application: String,
+        revision: String,
+        app: String,
+    },
 }
 
 /// A `ChaosExperiment` that was read, with its text kept to place later diagnostics.
@@ -116,11 +127,30 @@ pub(crate) fn tree(
         let Some(strategy) = &app.app.value.spec.strategy else {
             continue;
         };
+        let name = app.app.value.name();
         for (path, step) in strategy::chaos_steps(strategy) {
-            if !first.contains_key(step.experiment.as_str()) {
+            let Some(declared) = experiments.iter().find(|e| e.name == step.experiment) else {
                 diagnostics.push(app.diagnostic(
                     &format!("{path}.experiment"),
                     Problem::UnknownExperiment(step.experiment.clone()),
+                ));
+                continue;
+            };
+            let target = &declared.experiment.value.target;
+            // A target that names no application is reported at the experiment.
+            let elsewhere =
+                target.application != name && applications.contains(target.application.as_str());
+            if elsewhere
+                || (target.application == name && target.revision != TargetRevision::Candidate)
+            {
+                diagnostics.push(app.diagnostic(
+                    &format!("{path}.experiment"),
+                    Problem::GateTarget {
+                        experiment: step.experiment.clone(),
+                        application: target.application.clone(),
+                        revision: target.revision.to_string(),
+                        app: name.to_string(),
+                    },
                 ));
             }
         }
@@ -293,8 +323,9 @@ spec:
                 "  - fault: {memory: {size: 256Mi}}\n",
                 "  - fault: {http: {abort: {status: 503}}}\n",
             );
+        let apps = APPS.replace("      - chaos: {experiment: kill-one}\n", "");
         assert_eq!(
-            rendered(APPS, &experiment),
+            rendered(&apps, &experiment),
             [
                 "chaos.yaml:19:13: spec.method[3].fault.http.percent: a traffic fault on every \
               request of the stable revision is an outage: lower percent, target the candidate, \
@@ -374,6 +405,20 @@ spec:
                 "apps.yaml:11:17: spec.strategy.canary.steps[1].chaos.experiment: unknown \
               ChaosExperiment `kill-two`: chaos.experiment must name a ChaosExperiment of this \
               tree"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_chaos_step_must_name_an_experiment_on_its_own_candidate() {
+        let stable = EXPERIMENT.replace("revision: candidate", "revision: stable");
+        assert_eq!(
+            rendered(APPS, &stable),
+            [
+                "apps.yaml:11:17: spec.strategy.canary.steps[1].chaos.experiment: experiment \
+              `kill-one` targets the stable of `checkout`: the experiment of a chaos step must \
+              target this application's candidate (target: {application: checkout, revision: \
+              candidate})"
             ]
         );
     }

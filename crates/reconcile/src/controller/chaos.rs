@@ -27,9 +27,10 @@ use gauntlet_chaos::engine::{
 };
 use gauntlet_chaos::journal::{Journal, RunStatus};
 use gauntlet_chaos::select::{Fleet, Instance as FleetInstance, Targets};
-use gauntlet_chaos::spec::{ChaosExperimentSpec, Fault, Probe};
+use gauntlet_chaos::spec::{ChaosExperimentSpec, Fault, Probe, Target, TargetRevision};
 use gauntlet_chaos::tolerance::ProbeOutput;
 use gauntlet_proxy::config::{FaultKind, FaultRule};
+use gauntlet_rollout::engine::ChaosVerdict;
 use gauntlet_runtime::local::faults as agents;
 use gauntlet_runtime::Runtime;
 use gauntlet_store::{Actor, AuditRecord};
@@ -37,6 +38,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{lock, now_ms, read, Controller};
 use crate::measure::{self, MeasureContext};
+
+/// In an http probe's url, the address of one instance of the target: a probe of the target
+/// itself, past the proxy (see [`gauntlet_chaos::spec::HttpProbe`]).
+const TARGET_VAR: &str = "${TARGET}";
 
 /// Runs kept in `chaos.index`.
 const INDEX_KEPT: usize = 500;
@@ -78,6 +83,35 @@ struct StoredRun {
     actor: String,
     spec: ChaosExperimentSpec,
     state: RunState,
+    /// The rollout step this run judges, if it is a gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gate: Option<Gate>,
+}
+
+/// A rollout's `chaos` step: the candidate `revision` of `app` at canary step `step` (from 0),
+/// judged by one run of the step's experiment.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Gate {
+    pub app: String,
+    pub revision: String,
+    pub step: usize,
+}
+
+/// Where a gate stands, as `rollout get` shows it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GateRun {
+    pub experiment: String,
+    /// The run judging the candidate (`gauntlet chaos report RUN`); `None` until one starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// Why no run has started yet (chaos paused, a run of the experiment still going).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// The finished run's verdict, handed to the rollout until it leaves the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<ChaosVerdict>,
 }
 
 /// One line of `chaos list`.
@@ -86,6 +120,9 @@ struct StoredRun {
 pub struct RunSummary {
     pub id: String,
     pub experiment: String,
+    /// The rollout step the run judged, if it was a gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
     pub status: RunStatus,
     pub deviated: bool,
     pub started_ms: u64,
@@ -122,6 +159,8 @@ pub(super) struct ChaosRuns {
     paused: bool,
     /// Proxy fault rules by fault id: the application they apply to and the rules.
     pub(super) proxy_faults: BTreeMap<String, (String, Vec<FaultRule>)>,
+    /// Rollouts' chaos steps and their runs, while the rollout is at that step.
+    gates: BTreeMap<Gate, GateRun>,
     loaded: bool,
 }
 
@@ -178,11 +217,25 @@ impl<R: Runtime + Clone> Controller<R> {
 
     /// Starts a run of `experiment` (by `actor`); returns its id.
     pub async fn chaos_run(&self, experiment: &str, actor: &str) -> Result<String, ChaosError> {
+        self.start_run(experiment, actor, None).await
+    }
+
+    async fn start_run(
+        &self,
+        experiment: &str,
+        actor: &str,
+        gate: Option<Gate>,
+    ) -> Result<String, ChaosError> {
         self.chaos_config()?;
         self.load_chaos();
-        let spec = self
+        let mut spec = self
             .experiment(experiment)
             .ok_or_else(|| ChaosError::UnknownExperiment(experiment.to_string()))?;
+        if let Some(gate) = &gate {
+            // Validation holds a gate's experiment to this; a run never acts elsewhere.
+            spec.target.application = gate.app.clone();
+            spec.target.revision = TargetRevision::Candidate;
+        }
         let id = {
             let chaos = lock(&self.inner.chaos_runs);
             if chaos.paused {
@@ -206,6 +259,7 @@ impl<R: Runtime + Clone> Controller<R> {
             actor: actor.to_string(),
             spec,
             state: RunState::new(id.clone(), seed),
+            gate: gate.clone(),
         };
         self.inner
             .store
@@ -214,6 +268,7 @@ impl<R: Runtime + Clone> Controller<R> {
         let summary = RunSummary {
             id: id.clone(),
             experiment: experiment.to_string(),
+            gate: gate.clone(),
             status: RunStatus::Running,
             deviated: false,
             started_ms: now_ms(),
@@ -233,16 +288,127 @@ impl<R: Runtime + Clone> Controller<R> {
             );
             self.persist_active(&chaos);
         }
+        let (app, why) = match &gate {
+            Some(g) => (
+                g.app.as_str(),
+                format!(" to judge candidate {} at step {}", g.revision, g.step + 1),
+            ),
+            None => ("", String::new()),
+        };
         let _ = self
             .audit(vec![AuditRecord::now(
                 Actor::User(actor.to_string()),
-                "",
+                app,
                 "chaos-run",
-                format!("experiment {experiment} started as run {id}"),
+                format!("experiment {experiment} started as run {id}{why}"),
             )])
             .await;
         self.inner.chaos_now.notify_one();
         Ok(id)
+    }
+
+    /// Brings the runs of rollouts' chaos steps in line with `wanted` (each gate with its
+    /// experiment), level-triggered as the rest of the controller: a wanted gate without a run
+    /// gets one, a run whose gate is no longer wanted (the rollout aborted, was promoted past
+    /// the step, or has a new candidate) is aborted. Returns each application's verdicts of
+    /// finished gates, for its rollout's next step.
+    pub(super) async fn sync_gates(
+        &self,
+        wanted: &BTreeMap<Gate, String>,
+    ) -> BTreeMap<String, Vec<ChaosVerdict>> {
+        let mut verdicts: BTreeMap<String, Vec<ChaosVerdict>> = BTreeMap::new();
+        if self.inner.chaos.is_none() {
+            for (gate, experiment) in wanted {
+                verdicts
+                    .entry(gate.app.clone())
+                    .or_default()
+                    .push(ChaosVerdict {
+                        experiment: experiment.clone(),
+                        passed: false,
+                        message: ChaosError::Unavailable.to_string(),
+                    });
+            }
+            return verdicts;
+        }
+        self.load_chaos();
+        let mut to_start = Vec::new();
+        {
+            let mut chaos = lock(&self.inner.chaos_runs);
+            let mut aborted = false;
+            for run in chaos.runs.values_mut() {
+                let Some(gate) = &run.stored.gate else {
+                    continue;
+                };
+                if !wanted.contains_key(gate)
+                    && run.pending.abort.is_none()
+                    && run.stored.state.is_active()
+                {
+                    run.pending.abort = Some(AbortRequest {
+                        actor: format!("rollout {}", gate.app),
+                        reason: format!("the rollout of `{}` left its chaos step", gate.app),
+                    });
+                    run.due = true;
+                    aborted = true;
+                }
+            }
+            chaos.gates.retain(|gate, _| wanted.contains_key(gate));
+            for (gate, experiment) in wanted {
+                let entry = chaos.gates.entry(gate.clone()).or_insert_with(|| GateRun {
+                    experiment: experiment.clone(),
+                    ..GateRun::default()
+                });
+                match (&entry.verdict, &entry.run) {
+                    (Some(verdict), _) => verdicts
+                        .entry(gate.app.clone())
+                        .or_default()
+                        .push(verdict.clone()),
+                    (None, Some(_)) => {}
+                    (None, None) => to_start.push((gate.clone(), experiment.clone())),
+                }
+            }
+            if aborted {
+                self.inner.chaos_now.notify_one();
+            }
+        }
+        for (gate, experiment) in to_start {
+            let actor = format!("rollout {}", gate.app);
+            let started = self
+                .start_run(&experiment, &actor, Some(gate.clone()))
+                .await;
+            let mut chaos = lock(&self.inner.chaos_runs);
+            let Some(entry) = chaos.gates.get_mut(&gate) else {
+                continue;
+            };
+            match started {
+                Ok(run) => {
+                    entry.run = Some(run);
+                    entry.waiting = None;
+                }
+                // The step waits: pause-all holds gates too, and runs never overlap.
+                Err(e @ (ChaosError::Paused | ChaosError::AlreadyRunning { .. })) => {
+                    entry.waiting = Some(e.to_string());
+                }
+                Err(e) => {
+                    let verdict = ChaosVerdict {
+                        experiment: experiment.clone(),
+                        passed: false,
+                        message: format!("could not start: {e}"),
+                    };
+                    entry.verdict = Some(verdict.clone());
+                    verdicts.entry(gate.app.clone()).or_default().push(verdict);
+                }
+            }
+        }
+        verdicts
+    }
+
+    /// The chaos step `app`'s rollout is at, if any: its experiment, run and verdict.
+    pub fn chaos_gate(&self, app: &str) -> Option<GateRun> {
+        lock(&self.inner.chaos_runs)
+            .gates
+            .iter()
+            .find(|(gate, _)| gate.app == app)
+            .map(|(_, run)| run.clone())
     }
 
     /// What a run of `experiment` would do now, touching nothing (`--dry-run`).
@@ -396,6 +562,16 @@ impl<R: Runtime + Clone> Controller<R> {
             .unwrap_or_default();
         for id in ids {
             if let Ok(Some(stored)) = self.inner.store.get::<StoredRun>(&run_key(&id)) {
+                if let Some(gate) = &stored.gate {
+                    chaos.gates.insert(
+                        gate.clone(),
+                        GateRun {
+                            experiment: stored.experiment.clone(),
+                            run: Some(id.clone()),
+                            ..GateRun::default()
+                        },
+                    );
+                }
                 chaos.runs.insert(
                     id,
                     ActiveRun {
@@ -552,9 +728,9 @@ impl<R: Runtime + Clone> Controller<R> {
                     let this = self.clone();
                     let id = id.to_string();
                     let fleet = obs.fleet.clone();
-                    let app = app.clone();
+                    let target = stored.spec.target.clone();
                     tokio::spawn(async move {
-                        let outcome = this.probe(&probe, &app, &fleet).await;
+                        let outcome = this.probe(&probe, &target, &fleet).await;
                         this.answer(&id, |p| p.probes.push(ProbeResult { ticket, outcome }));
                     });
                 }
@@ -654,6 +830,7 @@ impl<R: Runtime + Clone> Controller<R> {
         self.update_index(RunSummary {
             id: id.to_string(),
             experiment: stored.experiment.clone(),
+            gate: stored.gate.clone(),
             status,
             deviated,
             started_ms: stored.state.journal.started_ms.unwrap_or(0),
@@ -663,6 +840,24 @@ impl<R: Runtime + Clone> Controller<R> {
             let mut chaos = lock(&self.inner.chaos_runs);
             chaos.runs.remove(id);
             self.persist_active(&chaos);
+            if let Some(gate) = &stored.gate {
+                if let Some(entry) = chaos.gates.get_mut(gate) {
+                    if status == RunStatus::Interrupted {
+                        // The controller restarted under it: the candidate was not judged, so
+                        // the step runs the experiment again.
+                        entry.run = None;
+                    } else if let Some(verdict) = stored.state.journal.gate() {
+                        entry.verdict = Some(ChaosVerdict {
+                            experiment: stored.experiment.clone(),
+                            passed: verdict.passed,
+                            message: format!("run {id}: {}", verdict.message),
+                        });
+                    }
+                }
+            }
+        }
+        if stored.gate.is_some() {
+            self.inner.reconcile_now.notify_one();
         }
         let _ = self
             .audit(vec![AuditRecord::now(
@@ -677,10 +872,22 @@ impl<R: Runtime + Clone> Controller<R> {
             .await;
     }
 
-    async fn probe(&self, probe: &Probe, app: &str, fleet: &Fleet) -> Result<ProbeOutput, String> {
+    async fn probe(
+        &self,
+        probe: &Probe,
+        target: &Target,
+        fleet: &Fleet,
+    ) -> Result<ProbeOutput, String> {
+        let app = target.application.as_str();
         let timeout =
             Duration::from_millis(probe.timeout.as_ref().map(|t| t.as_ms()).unwrap_or(10_000));
         if let Some(http) = &probe.http {
+            let url = match http.url.contains(TARGET_VAR) {
+                true => http
+                    .url
+                    .replace(TARGET_VAR, &self.target_addr(target, fleet)?),
+                false => http.url.clone(),
+            };
             let client = reqwest::Client::builder()
                 .timeout(timeout)
                 .no_proxy()
@@ -688,7 +895,7 @@ impl<R: Runtime + Clone> Controller<R> {
                 .map_err(|e| e.to_string())?;
             let method = reqwest::Method::from_bytes(http.method.as_bytes())
                 .map_err(|e| format!("method {}: {e}", http.method))?;
-            let mut request = client.request(method, &http.url);
+            let mut request = client.request(method, &url);
             for (name, value) in &http.headers {
                 request = request.header(name, value);
             }
@@ -744,6 +951,31 @@ impl<R: Runtime + Clone> Controller<R> {
             return Ok(ProbeOutput::Command { exit_code, stdout });
         }
         Err("the probe has no http, metric or command".into())
+    }
+
+    /// `127.0.0.1:PORT` of one running instance of the target's revisions (ready ones
+    /// first): what `${TARGET}` in an http probe's url becomes.
+    fn target_addr(&self, target: &Target, fleet: &Fleet) -> Result<String, String> {
+        let revisions = fleet.revisions(target.revision);
+        let mut instances: Vec<_> = self
+            .inner
+            .runtime
+            .instances()
+            .into_iter()
+            .filter(|i| {
+                i.app == target.application && i.pid.is_some() && revisions.contains(&i.revision)
+            })
+            .collect();
+        instances.sort_by_key(|i| (!i.is_ready(), i.id.0.clone()));
+        instances
+            .first()
+            .map(|i| format!("127.0.0.1:{}", i.port))
+            .ok_or_else(|| {
+                format!(
+                    "{TARGET_VAR}: `{}` has no running instance of its {} revision",
+                    target.application, target.revision
+                )
+            })
     }
 
     fn proxy_fault(
