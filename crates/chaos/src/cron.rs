@@ -4,7 +4,8 @@
 //! step `*/n`, `a-b/n` or `a/n` (from `a` to the field's end), or a comma-separated list of
 //! those. Months and weekdays may be named (`JAN`, `mon-fri`); Sunday is 0 or 7. The macros
 //! `@hourly`, `@daily` (`@midnight`), `@weekly`, `@monthly` and `@yearly` (`@annually`) are
-//! accepted. As in Vixie cron, when both day fields are restricted (neither starts with `*`)
+//! accepted, and, as in Chaos Mesh's schedules, `@every DURATION` (`@every 30s`, `@every 1h`;
+//! at least one second): a fire that long after the previous look. As in Vixie cron, when both day fields are restricted (neither starts with `*`)
 //! a day matches if *either* does: `0 0 1 * mon` fires on the first and on every Monday.
 //!
 //! An expression that can never fire (`0 0 30 2 *`) is a parse error, so a valid schedule
@@ -33,6 +34,8 @@ pub struct Cron {
     /// The day-of-month field starts with `*` (Vixie cron's DOM_STAR).
     any_day: bool,
     any_weekday: bool,
+    /// `@every`: the interval in milliseconds; the fields above are unused.
+    every_ms: Option<u64>,
 }
 
 /// Why an expression is not a schedule.
@@ -40,8 +43,10 @@ pub struct Cron {
 pub enum CronError {
     #[error("expected 5 fields (minute hour day-of-month month day-of-week), found {0}")]
     FieldCount(usize),
-    #[error("unknown macro `{0}`: use @hourly, @daily, @weekly, @monthly or @yearly")]
+    #[error("unknown macro `{0}`: use @hourly, @daily, @weekly, @monthly, @yearly or @every 30s")]
     Macro(String),
+    #[error("@every `{0}`: expected a duration of at least 1s, such as 30s, 5m or 1h")]
+    Every(String),
     #[error("{field} field, `{item}`: {message}")]
     Field {
         field: &'static str,
@@ -102,6 +107,24 @@ impl Cron {
             "@weekly" => "0 0 * * 0",
             "@daily" | "@midnight" => "0 0 * * *",
             "@hourly" => "0 * * * *",
+            other if other.starts_with("@every") => {
+                let interval = other["@every".len()..].trim();
+                let ms = gauntlet_rollout::analysis::DurationStr::try_from(interval.to_string())
+                    .ok()
+                    .map(|d| d.as_ms())
+                    .filter(|ms| *ms >= 1_000)
+                    .ok_or_else(|| CronError::Every(interval.to_string()))?;
+                return Ok(Cron {
+                    minutes: 0,
+                    hours: 0,
+                    days: 0,
+                    months: 0,
+                    weekdays: 0,
+                    any_day: true,
+                    any_weekday: true,
+                    every_ms: Some(ms),
+                });
+            }
             other if other.starts_with('@') => return Err(CronError::Macro(other.to_string())),
             other => other,
         };
@@ -121,6 +144,7 @@ impl Cron {
             weekdays,
             any_day: day.starts_with('*'),
             any_weekday: weekday.starts_with('*'),
+            every_ms: None,
         };
         // Only the day of month can make a schedule impossible, and only when it alone
         // decides the day.
@@ -139,9 +163,12 @@ impl Cron {
     }
 
     /// The first time strictly after `after_ms` (Unix milliseconds, UTC) that the schedule
-    /// fires, on a whole minute. `None` only past the search horizon, which a parsed
+    /// fires, on a whole minute (`@every`: `after_ms` plus the interval). `None` only past the search horizon, which a parsed
     /// expression does not reach.
     pub fn next_after(&self, after_ms: u64) -> Option<u64> {
+        if let Some(every) = self.every_ms {
+            return after_ms.checked_add(every);
+        }
         let start = after_ms / MINUTE_MS + 1;
         let mut day = (start / DAY_MINUTES) as i64;
         let mut minute_of_day = start % DAY_MINUTES;
@@ -480,7 +507,7 @@ mod tests {
         );
         assert_eq!(
             error("@often"),
-            "unknown macro `@often`: use @hourly, @daily, @weekly, @monthly or @yearly"
+            "unknown macro `@often`: use @hourly, @daily, @weekly, @monthly, @yearly or @every 30s"
         );
     }
 
@@ -499,5 +526,20 @@ mod tests {
         let late = tick(&cron, due, false, at(2024, 1, 1, 11, 20));
         assert!(late.start);
         assert_eq!(late.next_fire_ms, Some(at(2024, 1, 1, 11, 30)));
+    }
+
+    #[test]
+    fn every_fires_its_interval_after_each_look_and_needs_a_second() {
+        let cron = Cron::parse("@every 2s").unwrap();
+        assert_eq!(cron.next_after(10_000), Some(12_000));
+        let first = tick(&cron, 12_000, false, 12_500);
+        assert_eq!((first.start, first.next_fire_ms), (true, Some(14_500)));
+        let during = tick(&cron, 14_500, true, 14_600);
+        assert_eq!((during.start, during.skipped), (false, true));
+        assert_eq!(
+            Cron::parse("@every 500ms"),
+            Err(CronError::Every("500ms".into()))
+        );
+        assert_eq!(Cron::parse("@every"), Err(CronError::Every("".into())));
     }
 }

@@ -338,3 +338,281 @@ fn a_chaos_step_promotes_a_candidate_that_survives_and_rolls_back_one_that_does_
         answer(u64::from(port)).filter(|b| b.starts_with("v2"))
     });
 }
+
+/// The fault agents' records in the controller's state directory.
+fn agent_records(c: &Controller) -> Vec<Value> {
+    let Ok(dir) = std::fs::read_dir(c.state.path().join("faults")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+        .collect()
+}
+
+/// Fields of `/proc/PID/stat` after the command name, from its state (index 0) on.
+fn proc_stat(pid: u64) -> Vec<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_string()))
+        .map(|rest| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `VmRSS` of `pid` in bytes.
+fn resident(pid: u64) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// One GET through `port` with its status (or `None` when no answer came) and how long it took.
+fn timed(port: u16) -> (Option<u16>, std::time::Duration) {
+    let started = std::time::Instant::now();
+    (status(port), started.elapsed())
+}
+
+#[test]
+fn a_killed_instance_is_restarted_by_the_runtime() {
+    let kill = "  target: {application: web, revision: stable, mode: one}\n  hypothesis:\n    probes: []\n  method:\n  - {fault: {kill: {signal: KILL}}}\n";
+    let (_repo, c, _port) = setup(2, &[("kill-one", kill)]);
+    let before = instance_pids(&c.app("web").unwrap());
+    let id = start(&c, "kill-one");
+    let run = finished(&c, &id);
+    assert_eq!(run["journal"]["status"], "completed", "{run}");
+    let killed = wait_until("one of the instances' processes is gone", || {
+        before.iter().copied().find(|p| !alive(*p))
+    });
+    assert_eq!(
+        before.iter().filter(|p| alive(**p)).count(),
+        1,
+        "mode one kills one of two"
+    );
+    c.wait_until("the runtime restarted it with a new process", || {
+        let app = c.app("web")?;
+        let pids = instance_pids(&app);
+        let restarted = app["instances"]
+            .as_array()?
+            .iter()
+            .any(|i| i["restarts"].as_u64() >= Some(1));
+        (restarted
+            && pids.len() == 2
+            && !pids.contains(&killed)
+            && app["health"]["status"] == "Healthy")
+            .then_some(())
+    });
+}
+
+#[test]
+fn cpu_memory_and_disk_faults_hold_their_resources_until_the_run_is_aborted() {
+    let stress = "  target: {application: web, revision: stable, mode: one}\n  hypothesis:\n    probes: []\n  method:\n  - {fault: {cpu: {cores: 1, load: 100}}, duration: 5m, background: true}\n  - {fault: {memory: {size: 64Mi}}, duration: 5m, background: true}\n  - {fault: {diskFill: {size: 32Mi}}, duration: 5m, background: true}\n  - {pause: 5m}\n  duration: 10m\n";
+    let (_repo, c, _port) = setup(2, &[("stress", stress)]);
+    let id = start(&c, "stress");
+    let records = c.wait_until("three fault agents hold their faults", || {
+        let records = agent_records(&c);
+        (records.len() == 3).then_some(records)
+    });
+    let agent = |kind: &str| -> Value {
+        records
+            .iter()
+            .find(|r| r["fault"]["kind"] == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("a {kind} agent in {records:?}"))
+    };
+    let (cpu, memory, disk) = (agent("cpu"), agent("memory"), agent("diskFill"));
+
+    // The CPU agent burns CPU: user + system time keeps growing past a second.
+    let cpu_pid = cpu["agentPid"].as_u64().unwrap();
+    c.wait_until("the cpu agent has used a second of CPU", || {
+        let stat = proc_stat(cpu_pid);
+        // utime and stime, in clock ticks (100 a second), are fields 14 and 15 of stat.
+        let ticks = stat.get(11).copied().unwrap_or(0) + stat.get(12).copied().unwrap_or(0);
+        (ticks >= 100).then_some(())
+    });
+    // The memory agent holds 64 MiB resident.
+    let memory_pid = memory["agentPid"].as_u64().unwrap();
+    c.wait_until("the memory agent holds 64 MiB", || {
+        (resident(memory_pid) >= 64 << 20).then_some(())
+    });
+    // The disk fill is a 32 MiB file in the instance's working directory.
+    let file = std::path::PathBuf::from(disk["file"].as_str().expect("the fill's file"));
+    let instance_dirs: Vec<std::path::PathBuf> = instance_pids(&c.app("web").unwrap())
+        .iter()
+        .filter_map(|p| std::fs::read_link(format!("/proc/{p}/cwd")).ok())
+        .collect();
+    assert!(
+        instance_dirs
+            .iter()
+            .any(|d| file.parent() == Some(d.as_path())),
+        "{file:?} in one of {instance_dirs:?}"
+    );
+    assert!(std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) >= 32 << 20);
+
+    let out = c.run_cli(&["chaos", "abort", &id]);
+    assert!(out.status.success());
+    let run = finished(&c, &id);
+    assert_eq!(run["journal"]["status"], "aborted", "{run}");
+    // Removed for real: the agents are gone, so is the file and every record.
+    for pid in [cpu_pid, memory_pid, disk["agentPid"].as_u64().unwrap()] {
+        assert!(!alive(pid), "agent {pid} ended");
+    }
+    assert!(!file.exists(), "{file:?} removed");
+    assert!(agent_records(&c).is_empty());
+    let faults = run["journal"]["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 3, "{run}");
+    assert!(faults.iter().all(|f| f["removedMs"].is_u64()), "{run}");
+}
+
+#[test]
+fn http_delay_and_reset_faults_are_seen_through_the_proxy_and_end_with_the_run() {
+    let delay = "  target: {application: web, revision: stable, mode: all}\n  blastRadius: {allowAllStable: true}\n  hypothesis:\n    probes: []\n  method:\n  - {fault: {http: {delay: {latency: 400ms}, percent: 100}}, duration: 5m}\n  duration: 10m\n";
+    let reset = "  target: {application: web, revision: stable, mode: all}\n  blastRadius: {allowAllStable: true}\n  hypothesis:\n    probes: []\n  method:\n  - {fault: {http: {reset: {}, percent: 100}}, duration: 5m}\n  duration: 10m\n";
+    let (_repo, c, port) = setup(1, &[("delay", delay), ("reset", reset)]);
+
+    let id = start(&c, "delay");
+    c.wait_until("requests take the injected 400 ms", || {
+        let (status, took) = timed(port);
+        (status == Some(200) && took >= std::time::Duration::from_millis(400)).then_some(())
+    });
+    assert!(c.run_cli(&["chaos", "abort", &id]).status.success());
+    finished(&c, &id);
+    let (answered, took) = timed(port);
+    assert_eq!(answered, Some(200));
+    assert!(
+        took < std::time::Duration::from_millis(400),
+        "no delay once the run ended: {took:?}"
+    );
+
+    let id = start(&c, "reset");
+    c.wait_until("requests are reset", || {
+        status(port).is_none().then_some(())
+    });
+    assert!(c.run_cli(&["chaos", "abort", &id]).status.success());
+    finished(&c, &id);
+    assert_eq!(status(port), Some(200), "answered once the run ended");
+}
+
+#[test]
+fn dependency_faults_refuse_hold_or_delay_only_the_targets_calls() {
+    let repo = Repo::new();
+    let (port, payments) = (free_port(), free_port());
+    repo.write(
+        "apps/payments.yaml",
+        &format!(
+            "{}  service:\n    listen: \"127.0.0.1:{payments}\"\n",
+            app_yaml("payments", "p1", 1)
+        ),
+    );
+    repo.write(
+        "apps/web.yaml",
+        &gated_web("v1", port, payments, r#", "--downstream-timeout", "1s""#)
+            .replace("  strategy:\n    canary:\n      abortScaleDownDelaySeconds: 0\n      steps:\n      - setWeight: 20\n      - chaos: {experiment: dependency-outage}\n", ""),
+    );
+    let outage = |effect: &str| {
+        format!("  target: {{application: web, revision: stable, mode: all}}\n  blastRadius: {{allowAllStable: true}}\n  hypothesis:\n    probes: []\n  method:\n  - {{fault: {{dependency: {{application: payments, {effect}}}}}, duration: 5m}}\n  duration: 10m\n")
+    };
+    for (name, effect) in [
+        ("refuse", "refuse: {}"),
+        ("blackhole", "blackhole: {}"),
+        ("delay", "delay: {latency: 300ms}"),
+    ] {
+        repo.write(
+            &format!("chaos/{name}.yaml"),
+            &experiment(name, &outage(effect)),
+        );
+    }
+    repo.commit("web calling payments, and three outages");
+    let c = Controller::start(repo.path().to_str().unwrap(), &[]);
+    c.wait_healthy("payments", 1);
+    c.wait_healthy("web", 1);
+    wait_until("web answers with payments' help", || {
+        answer(u64::from(port)).filter(|b| b == "v1")
+    });
+    let direct = || answer(u64::from(payments));
+
+    // Refused: web's calls fail at once and it answers from its fallback; others reach
+    // payments as before.
+    let id = start(&c, "refuse");
+    c.wait_until("web falls back", || {
+        answer(u64::from(port)).filter(|b| b == "v1 (fallback)")
+    });
+    assert_eq!(direct().as_deref(), Some("p1"), "calls from elsewhere pass");
+    assert!(c.run_cli(&["chaos", "abort", &id]).status.success());
+    finished(&c, &id);
+    wait_until("web is served by payments again", || {
+        answer(u64::from(port)).filter(|b| b == "v1")
+    });
+
+    // Black-holed: web's calls go unanswered, so it gives up after its 1 s timeout.
+    let id = start(&c, "blackhole");
+    c.wait_until("web falls back after its timeout", || {
+        let started = std::time::Instant::now();
+        let body = answer(u64::from(port))?;
+        (body == "v1 (fallback)" && started.elapsed() >= std::time::Duration::from_secs(1))
+            .then_some(())
+    });
+    assert_eq!(direct().as_deref(), Some("p1"), "calls from elsewhere pass");
+    assert!(c.run_cli(&["chaos", "abort", &id]).status.success());
+    finished(&c, &id);
+    wait_until("web is served by payments again", || {
+        answer(u64::from(port)).filter(|b| b == "v1")
+    });
+
+    // Delayed: web's calls take 300 ms more and still succeed.
+    let id = start(&c, "delay");
+    c.wait_until("web's answers carry the delay", || {
+        let started = std::time::Instant::now();
+        let body = answer(u64::from(port))?;
+        (body == "v1" && started.elapsed() >= std::time::Duration::from_millis(300)).then_some(())
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(direct().as_deref(), Some("p1"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(300),
+        "calls from elsewhere are not delayed"
+    );
+    assert!(c.run_cli(&["chaos", "abort", &id]).status.success());
+    finished(&c, &id);
+}
+
+#[test]
+fn a_schedule_fires_again_and_again_but_never_while_a_run_goes_on() {
+    // Fires every 2 s; each run lasts 3 s, so every other fire finds one going.
+    let scheduled = "  target: {application: web, revision: stable, mode: one}\n  schedule: '@every 2s'\n  hypothesis:\n    probes: []\n  method:\n  - {pause: 3s}\n";
+    let (_repo, c, _port) = setup(1, &[("every-2s", scheduled)]);
+    let runs = c.wait_until("two scheduled runs finished and a fire was skipped", || {
+        let runs: Vec<Value> = c.get("/api/v1/chaos/runs")["runs"].as_array()?.clone();
+        let done = runs.iter().filter(|r| r["endedMs"].is_u64()).count();
+        let skipped = c
+            .history("web")
+            .iter()
+            .any(|r| r["action"] == "chaos-skipped");
+        (done >= 2 && skipped).then_some(runs)
+    });
+    let mut spans: Vec<(u64, u64)> = runs
+        .iter()
+        .filter_map(|r| Some((r["startedMs"].as_u64()?, r["endedMs"].as_u64()?)))
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "runs overlap: {spans:?} in {runs:?}"
+        );
+    }
+    assert!(
+        runs.iter().all(|r| r["experiment"] == "every-2s"),
+        "{runs:?}"
+    );
+    let run = run_view(&c, runs[0]["id"].as_str().unwrap());
+    assert_eq!(run["actor"], "schedule", "{run}");
+}

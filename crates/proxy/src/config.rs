@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 /// Weights and percentages are in units of 0.01 %; this is 100 %.
 pub const TOTAL_WEIGHT: u32 = 10_000;
 
+/// The most caller processes one fault rule may name.
+pub const MAX_FAULT_CALLERS: usize = 4096;
+
 /// Everything the proxy serves. `version` is chosen by the controller and only reported back,
 /// so the controller can tell which configuration the proxy runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +149,11 @@ pub struct FaultRule {
     pub kind: FaultKind,
     pub percent: u32,
     pub expires_at_ms: u64,
+    /// Only requests from connections that these processes opened (an application's
+    /// instances, by pid): a dependency fault between two applications. Absent: every client;
+    /// empty: nobody (the callers have no process now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callers: Option<Vec<u32>>,
 }
 
 /// What a fault does to a request.
@@ -162,6 +170,9 @@ pub enum FaultKind {
     Abort { status: u16 },
     /// Closes the client connection without an answer.
     Reset,
+    /// Holds the request unanswered while the rule is in force (a partition), then forwards
+    /// it as the network would once it heals; the client's own timeout decides before that.
+    Blackhole,
 }
 
 /// One problem in a configuration, located by application and field.
@@ -203,6 +214,8 @@ pub enum Problem {
     /// A certificate or key file that cannot be read or used (found when applying).
     #[error("{0}")]
     Tls(String),
+    #[error("more than {0} caller processes")]
+    TooManyCallers(usize),
 }
 
 /// Every problem found in a configuration; the proxy keeps running the previous one.
@@ -390,6 +403,16 @@ fn validate_app(app: &AppRoute, report: &mut impl FnMut(String, Problem)) {
             report(
                 format!("faults[{i}].percent"),
                 Problem::Percent(fault.percent),
+            );
+        }
+        if fault
+            .callers
+            .as_ref()
+            .is_some_and(|c| c.len() > MAX_FAULT_CALLERS)
+        {
+            report(
+                format!("faults[{i}].callers"),
+                Problem::TooManyCallers(MAX_FAULT_CALLERS),
             );
         }
         if let FaultKind::Abort { status } = fault.kind {

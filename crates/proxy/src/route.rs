@@ -210,6 +210,7 @@ impl RouteTable {
                             kind: f.kind,
                             percent: f.percent,
                             expires_at_ms: f.expires_at_ms,
+                            callers: f.callers.as_deref().map(Arc::from),
                         })
                     })
                     .collect(),

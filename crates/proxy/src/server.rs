@@ -105,6 +105,7 @@ use crate::metrics::RevisionMetrics;
 use crate::route::{cookie_value, RequestView, RouteTable};
 use crate::{tls, InvalidConfig};
 
+mod caller;
 mod io;
 mod upstream;
 
@@ -316,6 +317,8 @@ struct Inner {
     sequence: AtomicU64,
     /// Mirrored copies outstanding, bounded by [`MIRRORS_IN_FLIGHT`].
     mirrors: Arc<AtomicUsize>,
+    /// Woken at each configuration committed: requests held by a black-hole fault look again.
+    changed: tokio::sync::Notify,
 }
 
 /// One endpoint's load as the admin API reports it.
@@ -423,6 +426,7 @@ impl Proxy {
                 seed,
                 sequence: AtomicU64::new(0),
                 mirrors: Arc::new(AtomicUsize::new(0)),
+                changed: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -582,6 +586,7 @@ impl Proxy {
             .served
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::clone(&served);
+        self.inner.changed.notify_waiters();
         let mut running = lock(&self.inner.listeners);
         for (addr, bound) in listeners {
             let tasks = self
@@ -728,7 +733,8 @@ impl Proxy {
     {
         let activity = Arc::new(Activity::new());
         let streams = Arc::clone(&activity);
-        let conn = Arc::new((self.clone(), client.clone()));
+        let (listen, peer) = (client.listen, client.peer);
+        let conn = Arc::new((self.clone(), client));
         let service = hyper::service::service_fn(move |request| {
             let conn = Arc::clone(&conn);
             let open = OpenStream::start(&streams);
@@ -763,7 +769,6 @@ impl Proxy {
             }
         };
         if let Err(e) = served {
-            let ClientConn { listen, peer, .. } = client;
             tracing::debug!(%listen, %peer, "HTTP/2 client connection ended: {e}");
         }
     }
@@ -804,8 +809,27 @@ impl Proxy {
         // Routing used `draw` and `mix(draw)` (mirroring); the fault gets a draw of its own.
         let fault = match app.faults() {
             [] => None,
-            rules => faults::fault_for(rules, pick.revision, now.get(), mix(mix(draw))),
+            rules => {
+                let now_ms = now.get();
+                let callers = faults::callers_to_check(rules, pick.revision, now_ms);
+                if !callers.is_empty() {
+                    client
+                        .owner
+                        .learn(client.peer, client.listen.port(), &callers)
+                        .await;
+                }
+                let mut caller = |pids: &[u32]| client.owner.is_any(pids);
+                faults::fault_for(rules, pick.revision, now_ms, mix(mix(draw)), &mut caller)
+            }
         };
+        if let Some(FaultAction::Blackhole { rule }) = fault {
+            let held = app.faults()[rule].clone();
+            let name = revision.name().to_string();
+            drop(served);
+            self.hold(client.listen, &held, &name).await;
+            // Forwarded as it would be now, as a healed network delivers what it held.
+            return Box::pin(self.forward_from(client, request)).await;
+        }
         match fault {
             Some(FaultAction::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
             Some(FaultAction::Abort { status }) => {
@@ -814,7 +838,7 @@ impl Proxy {
                 return Ok(answer(status));
             }
             Some(FaultAction::Reset) => return Err(ResetConnection),
-            None => {}
+            Some(FaultAction::Blackhole { .. }) | None => {}
         }
 
         let (mut parts, body) = request.into_parts();
@@ -1335,6 +1359,35 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+impl Proxy {
+    /// Holds a request while the black-hole rule `held` (of revision `revision`) is in force:
+    /// until its lease ends, or a configuration without it (removed, not renewed) arrives.
+    async fn hold(&self, listen: SocketAddr, held: &faults::Fault, revision: &str) {
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let until = {
+                let served = self.inner.current();
+                let Some(app) = served.table.app_index(listen) else {
+                    return;
+                };
+                let app = &served.table.apps()[app];
+                let name = |i: usize| app.revisions().get(i).map(|r| r.name().to_string());
+                faults::holds(held, revision, app.faults(), name, unix_ms())
+            };
+            let Some(until) = until else {
+                return;
+            };
+            let left = Duration::from_millis(until.saturating_sub(unix_ms()));
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep(left) => {}
+            }
+        }
+    }
+}
+
 /// Strips [`HOP_BY_HOP`] headers and any others the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names (a message has few) finds which are present: cheaper than a
@@ -1465,7 +1518,7 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
 }
 
 /// Where a request came from.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct ClientConn {
     /// The listener, which names the application.
     listen: SocketAddr,
@@ -1476,6 +1529,8 @@ struct ClientConn {
     tls: bool,
     /// The worker serving the connection, whose upstream pool its requests use.
     worker: usize,
+    /// Which process opened the connection, as far as faults limited to callers asked.
+    owner: caller::Owner,
 }
 
 impl ClientConn {
@@ -1486,6 +1541,7 @@ impl ClientConn {
             peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
             tls: false,
             worker,
+            owner: caller::Owner::default(),
         }
     }
 }

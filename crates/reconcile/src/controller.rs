@@ -1120,12 +1120,13 @@ impl<R: Runtime + Clone> Controller<R> {
             let mut excluded = conflicts.clone();
             excluded.extend(link.unbindable());
             let rollouts = read(&self.inner.rollout_traffic).clone();
-            let mut routes = traffic::routes_with(&desired, &self.observed(), &excluded, &rollouts);
+            let observed = self.observed();
+            let mut routes = traffic::routes_with(&desired, &observed, &excluded, &rollouts);
             {
                 // Chaos experiments' traffic faults, each with its lease as its expiry.
                 let chaos = lock(&self.inner.chaos_runs);
                 for route in &mut routes {
-                    route.faults.extend(chaos.rules_for(&route.name));
+                    route.faults.extend(chaos.rules_for(&route.name, &observed));
                 }
             }
             match link.push(routes.clone()).await {

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use gauntlet_chaos::cron::{self, Cron};
 use gauntlet_chaos::engine::{
     self, AbortRequest, Action, ActivityResult, Observations, ProbeResult, RunState,
 };
@@ -157,21 +158,58 @@ pub(super) struct ActiveRun {
 pub(super) struct ChaosRuns {
     runs: BTreeMap<String, ActiveRun>,
     paused: bool,
-    /// Proxy fault rules by fault id: the application they apply to and the rules.
-    pub(super) proxy_faults: BTreeMap<String, (String, Vec<FaultRule>)>,
+    /// Proxy fault rules by fault id.
+    proxy_faults: BTreeMap<String, ProxyFault>,
     /// Rollouts' chaos steps and their runs, while the rollout is at that step.
     gates: BTreeMap<Gate, GateRun>,
+    /// Each scheduled experiment's next fire.
+    schedules: BTreeMap<String, ScheduleEntry>,
     loaded: bool,
 }
 
+/// When a scheduled experiment fires next, and the expression that time is from (a changed
+/// schedule starts afresh).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ScheduleEntry {
+    expression: String,
+    next_fire_ms: u64,
+}
+
+/// A traffic fault held by the proxy.
+struct ProxyFault {
+    /// The application whose listener serves the faulty requests.
+    app: String,
+    /// With the callers left out: they are the pids of `callers`' instances when pushed.
+    rules: Vec<FaultRule>,
+    /// A dependency fault: only calls from these revisions of this application.
+    callers: Option<(String, Vec<String>)>,
+}
+
 impl ChaosRuns {
-    /// The proxy rules of every fault of `app`, for the routes pushed to the proxy.
-    pub(super) fn rules_for(&self, app: &str) -> Vec<FaultRule> {
-        self.proxy_faults
-            .values()
-            .filter(|(a, _)| a == app)
-            .flat_map(|(_, rules)| rules.iter().cloned())
-            .collect()
+    /// The proxy rules of every fault of `app`, for the routes pushed to the proxy; a
+    /// dependency fault's callers are the processes of its target's instances now, so an
+    /// instance restarted under the fault stays under it.
+    pub(super) fn rules_for(
+        &self,
+        app: &str,
+        instances: &[gauntlet_runtime::Instance],
+    ) -> Vec<FaultRule> {
+        let mut rules = Vec::new();
+        for fault in self.proxy_faults.values().filter(|f| f.app == app) {
+            let callers = fault.callers.as_ref().map(|(caller, revisions)| {
+                instances
+                    .iter()
+                    .filter(|i| &i.app == caller && revisions.contains(&i.revision))
+                    .filter_map(|i| i.pid)
+                    .collect::<Vec<u32>>()
+            });
+            rules.extend(fault.rules.iter().map(|rule| FaultRule {
+                callers: callers.clone(),
+                ..rule.clone()
+            }));
+        }
+        rules
     }
 }
 
@@ -186,6 +224,7 @@ fn journal_key(id: &str) -> String {
 const INDEX_KEY: &str = "chaos.index";
 const ACTIVE_KEY: &str = "chaos.active";
 const PAUSED_KEY: &str = "chaos.paused";
+const SCHEDULES_KEY: &str = "chaos.schedules";
 
 /// An agent id for fault `id` on its `n`th target: the engine's ids may hold characters a
 /// file name must not.
@@ -553,6 +592,13 @@ impl<R: Runtime + Clone> Controller<R> {
             .ok()
             .flatten()
             .unwrap_or(false);
+        chaos.schedules = self
+            .inner
+            .store
+            .get(SCHEDULES_KEY)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let ids: Vec<String> = self
             .inner
             .store
@@ -621,11 +667,13 @@ impl<R: Runtime + Clone> Controller<R> {
         }
         self.load_chaos();
         loop {
+            let fire = self.schedule_tick().await;
             self.step_chaos().await;
             let next = lock(&self.inner.chaos_runs)
                 .runs
                 .values()
                 .filter_map(|r| r.wake_at_ms)
+                .chain(fire)
                 .min();
             let wait = next
                 .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
@@ -633,6 +681,93 @@ impl<R: Runtime + Clone> Controller<R> {
                 .min(Duration::from_secs(1));
             let _ = tokio::time::timeout(wait, self.inner.chaos_now.notified()).await;
         }
+    }
+
+    /// Starts the scheduled experiments that are due ([`cron::tick`]: a fire while a run of
+    /// the same experiment goes on, or while chaos is paused, is skipped and recorded, never
+    /// queued; fires missed while the controller was away collapse into one). Returns the
+    /// next fire of any schedule.
+    async fn schedule_tick(&self) -> Option<u64> {
+        let scheduled: Vec<(String, String, String)> = {
+            let state = read(&self.inner.state);
+            state
+                .desired
+                .as_ref()?
+                .experiments
+                .iter()
+                .filter_map(|(name, e)| {
+                    let schedule = e.value.schedule.clone()?;
+                    Some((name.clone(), schedule, e.value.target.application.clone()))
+                })
+                .collect()
+        };
+        let now = now_ms();
+        let mut starts = Vec::new();
+        let mut records = Vec::new();
+        let next = {
+            let mut chaos = lock(&self.inner.chaos_runs);
+            let before = chaos.schedules.clone();
+            chaos
+                .schedules
+                .retain(|name, _| scheduled.iter().any(|(n, _, _)| n == name));
+            for (name, expression, app) in &scheduled {
+                let Ok(cron) = Cron::parse(expression) else {
+                    continue;
+                };
+                let next = match chaos.schedules.get(name) {
+                    Some(entry) if &entry.expression == expression => Some(entry.next_fire_ms),
+                    _ => cron.next_after(now),
+                };
+                let Some(next) = next else {
+                    continue;
+                };
+                let running = chaos.runs.values().any(|r| &r.stored.experiment == name);
+                let tick = cron::tick(&cron, next, running || chaos.paused, now);
+                if tick.start {
+                    starts.push(name.clone());
+                }
+                if tick.skipped {
+                    let why = if chaos.paused {
+                        "chaos is paused"
+                    } else {
+                        "a run of it is still going"
+                    };
+                    records.push(AuditRecord::now(
+                        Actor::Controller,
+                        app,
+                        "chaos-skipped",
+                        format!("scheduled run of {name} skipped: {why}"),
+                    ));
+                }
+                match tick.next_fire_ms {
+                    Some(next_fire_ms) => {
+                        chaos.schedules.insert(
+                            name.clone(),
+                            ScheduleEntry {
+                                expression: expression.clone(),
+                                next_fire_ms,
+                            },
+                        );
+                    }
+                    None => {
+                        chaos.schedules.remove(name);
+                    }
+                }
+            }
+            if chaos.schedules != before {
+                if let Err(e) = self.inner.store.put(SCHEDULES_KEY, &chaos.schedules) {
+                    tracing::error!("cannot store the chaos schedules: {e}");
+                }
+            }
+            chaos.schedules.values().map(|e| e.next_fire_ms).min()
+        };
+        let _ = self.audit(records).await;
+        for name in starts {
+            if let Err(e) = self.start_run(&name, "schedule", None).await {
+                tracing::warn!("scheduled run of {name} did not start: {e}");
+            }
+        }
+        next
     }
 
     async fn step_chaos(&self) {
@@ -985,47 +1120,39 @@ impl<R: Runtime + Clone> Controller<R> {
         targets: &Targets,
         lease_expires_ms: u64,
     ) -> Result<String, String> {
-        let (app, revisions, kind, percent): (String, Vec<String>, FaultKind, f64) = match fault {
+        let delay = |d: &gauntlet_chaos::spec::Delay| FaultKind::Delay {
+            fixed_ms: d.latency.as_ms(),
+            jitter_ms: d.jitter.as_ref().map(|j| j.as_ms()).unwrap_or(0),
+        };
+        let (app, revisions, kind, percent, callers) = match fault {
             Fault::Http(http) => {
-                let kind = if let Some(d) = &http.delay {
-                    FaultKind::Delay {
-                        fixed_ms: d.latency.as_ms(),
-                        jitter_ms: d.jitter.as_ref().map(|j| j.as_ms()).unwrap_or(0),
-                    }
-                } else if let Some(a) = &http.abort {
-                    FaultKind::Abort { status: a.status }
-                } else {
-                    FaultKind::Reset
+                let kind = match (&http.delay, &http.abort) {
+                    (Some(d), _) => delay(d),
+                    (None, Some(a)) => FaultKind::Abort { status: a.status },
+                    (None, None) => FaultKind::Reset,
                 };
-                (
-                    targets.application.clone(),
-                    targets.revisions.clone(),
-                    kind,
-                    http.percent,
-                )
+                let app = targets.application.clone();
+                (app, targets.revisions.clone(), kind, http.percent, None)
             }
             Fault::Dependency(dep) => {
-                let kind = if let Some(d) = &dep.delay {
-                    FaultKind::Delay {
-                        fixed_ms: d.latency.as_ms(),
-                        jitter_ms: d.jitter.as_ref().map(|j| j.as_ms()).unwrap_or(0),
-                    }
-                } else if dep.blackhole.is_some() {
-                    // Held unanswered until the lease ends: callers see their own timeouts.
-                    FaultKind::Delay {
-                        fixed_ms: lease_expires_ms.saturating_sub(now_ms()),
-                        jitter_ms: 0,
-                    }
-                } else {
-                    FaultKind::Reset
+                let kind = match (&dep.delay, &dep.blackhole) {
+                    (Some(d), _) => delay(d),
+                    (None, Some(_)) => FaultKind::Blackhole,
+                    // Refused: the connection is closed before any answer.
+                    (None, None) => FaultKind::Reset,
                 };
-                let revisions = self.fleet(&dep.application);
-                let revisions: Vec<String> = revisions
-                    .stable
-                    .into_iter()
-                    .chain(revisions.candidate)
-                    .collect();
-                (dep.application.clone(), revisions, kind, dep.percent)
+                // Every revision of the dependency serves the target's calls.
+                let fleet = self.fleet(&dep.application);
+                let revisions: Vec<String> =
+                    fleet.stable.into_iter().chain(fleet.candidate).collect();
+                let callers = (targets.application.clone(), targets.revisions.clone());
+                (
+                    dep.application.clone(),
+                    revisions,
+                    kind,
+                    dep.percent,
+                    Some(callers),
+                )
             }
             _ => return Err("not a traffic fault".into()),
         };
@@ -1041,13 +1168,24 @@ impl<R: Runtime + Clone> Controller<R> {
                 kind,
                 percent: gauntlet_chaos::spec::percent_units(percent),
                 expires_at_ms: lease_expires_ms,
+                callers: None,
             })
             .collect();
-        let shown =
-            format!("{kind:?} on {percent} % of `{app}` {revisions:?} until {lease_expires_ms}");
-        lock(&self.inner.chaos_runs)
-            .proxy_faults
-            .insert(fault_id.to_string(), (app, rules));
+        let from = match &callers {
+            Some((caller, revisions)) => format!(" for calls from `{caller}` {revisions:?}"),
+            None => String::new(),
+        };
+        let shown = format!(
+            "{kind:?} on {percent} % of `{app}` {revisions:?}{from} until {lease_expires_ms}"
+        );
+        lock(&self.inner.chaos_runs).proxy_faults.insert(
+            fault_id.to_string(),
+            ProxyFault {
+                app,
+                rules,
+                callers,
+            },
+        );
         Ok(shown)
     }
 
@@ -1112,8 +1250,8 @@ impl<R: Runtime + Clone> Controller<R> {
     /// Moves fault `id`'s lease; returns whether the proxy's rules changed.
     fn renew(&self, fault_id: &str, lease_expires_ms: u64) -> bool {
         let mut chaos = lock(&self.inner.chaos_runs);
-        if let Some((_, rules)) = chaos.proxy_faults.get_mut(fault_id) {
-            for rule in rules {
+        if let Some(fault) = chaos.proxy_faults.get_mut(fault_id) {
+            for rule in &mut fault.rules {
                 rule.expires_at_ms = lease_expires_ms;
             }
             return true;
