@@ -1,14 +1,17 @@
 //! `gauntlet demo`: the whole GitOps loop on a temporary repository, stage by stage.
 //!
-//! It creates a Git repository with one application, starts a real controller process
-//! (`gauntlet up`) on it, and then, each time by committing to Git and waiting for the
-//! controller to converge: deploys v1, replaces it with v2 while requests flow through the
-//! proxy on the application's service address (none may fail), shows a malformed commit rejected
-//! with its file:line error while v2 keeps serving, kills an instance and watches it heal, turns
-//! a feature flag on for 10 % and then 50 % of users by two commits (evaluating it over OFREP
-//! for 1,000 users after each), and removes the application and watches it pruned. Every stage is checked against what really
-//! runs (HTTP answers, process ids); the demo exits 0 only if every stage behaved, and leaves
-//! no process behind unless asked to with `--keep`.
+//! It creates a Git repository with two applications (`hello`, which calls `payments` on every
+//! request) and a chaos experiment, starts a real controller process (`gauntlet up`) on it,
+//! and then, each time by committing to Git and waiting for the controller to converge:
+//! deploys v1; takes v2 through its canary steps, chaos step included, while requests flow
+//! through the proxy (none may fail); shows a malformed commit rejected with its file:line
+//! error while v2 keeps serving; has the sequential guard roll back a v3 that fails 5 % of its
+//! requests; has the chaos step roll back a v4 that passes every check but waits forever on a
+//! slow `payments`; kills an instance and watches it heal; turns a feature flag on for 10 % and
+//! then 50 % of users by two commits (evaluating it over OFREP for 1,000 users after each);
+//! and removes the applications and watches them pruned. Every stage is checked against what
+//! really runs (HTTP answers, process ids, journals); the demo exits 0 only if every stage
+//! behaved, and leaves no process behind unless asked to with `--keep`.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use gauntlet_reconcile::{AppStatus, Health, Status};
+use gauntlet_chaos::journal::RunStatus;
+use gauntlet_reconcile::{AppStatus, Health, RunSummary, Status};
 use gauntlet_store::AuditRecord;
 
 use crate::client::Client;
@@ -103,8 +107,7 @@ fn report_failure(e: &anyhow::Error, log: &Path) {
 }
 
 struct Demo {
-    /// The application's `service.listen` port, served by the proxy.
-    service: u16,
+    ports: Ports,
     repo: PathBuf,
     state: PathBuf,
     log: PathBuf,
@@ -123,10 +126,18 @@ impl Demo {
         std::fs::create_dir_all(&repo).with_context(|| format!("creating {}", repo.display()))?;
         git(&repo, &["init", "-q", "-b", "main"])?;
         stage("Setup", &format!("a Git repository at {}", repo.display()));
-        let service = free_port()?;
-        write_app(&repo, service, "v1", 2, false)?;
+        let ports = Ports {
+            hello: free_port()?,
+            payments: free_port()?,
+        };
+        write_payments(&repo, ports)?;
+        write_experiment(&repo)?;
+        write_app(&repo, ports, &Release::good("v1"))?;
         git(&repo, &["add", "-A"])?;
-        git(&repo, &["commit", "-q", "-m", "Deploy hello v1"])?;
+        git(
+            &repo,
+            &["commit", "-q", "-m", "Deploy hello v1 and payments"],
+        )?;
 
         let exe = gauntlet_exe()?;
         let log_file = std::fs::File::create(&log)?;
@@ -160,7 +171,7 @@ impl Demo {
             .context("starting the controller")?;
         match connect(&mut controller, &state) {
             Ok(client) => Ok(Demo {
-                service,
+                ports,
                 repo,
                 state,
                 log,
@@ -176,8 +187,14 @@ impl Demo {
 
     fn stages(&mut self) -> Result<()> {
         // 1. v1
-        stage("1/7", "v1 is deployed from the first commit");
+        stage(
+            "1/8",
+            "v1 is deployed from the first commit, with payments beside it",
+        );
         let c1 = head(&self.repo)?;
+        self.wait_app_named("payments", "payments healthy", |s, a| {
+            applied(s) == c1 && a.health == Health::Healthy && a.ready == 1
+        })?;
         let app = self.wait_app("v1 healthy with 2 ready instances", |s, a| {
             applied(s) == c1 && a.health == Health::Healthy && a.ready == 2
         })?;
@@ -186,11 +203,11 @@ impl Demo {
 
         // 2. v2
         stage(
-            "2/7",
-            "v2 is committed and goes through its canary steps to stable while requests flow",
+            "2/8",
+            "v2 goes through its canary steps, chaos step included, to stable while requests flow",
         );
-        let traffic = Traffic::start(self.service);
-        write_app(&self.repo, self.service, "v2", 2, false)?;
+        let traffic = Traffic::start(self.ports.hello);
+        write_app(&self.repo, self.ports, &Release::good("v2"))?;
         git(&self.repo, &["commit", "-qam", "Release hello v2"])?;
         let c2 = head(&self.repo)?;
         self.sync()?;
@@ -204,9 +221,17 @@ impl Demo {
         let counts = traffic.finish();
         self.check_answers(&app, "v2")?;
         println!("  revision {rev1} -> {}", app.revision);
+        let gate = self.gate_run(&app.revision)?;
+        println!(
+            "  chaos step: payments held for 3 s under v2's calls; run {}: {:?} (v2 fell back after its 300 ms timeout)",
+            gate.id, gate.status
+        );
+        if gate.status != RunStatus::Completed {
+            bail!("v2's chaos step did not complete: {gate:?}");
+        }
         println!(
             "  through the proxy on 127.0.0.1:{} during the canary: {} requests, {} answered v1, {} answered v2, {} failed",
-            self.service,
+            self.ports.hello,
             counts.sent,
             counts.answered("v1"),
             counts.answered("v2"),
@@ -221,8 +246,15 @@ impl Demo {
         }
 
         // 3. malformed commit
-        stage("3/7", "a malformed commit is rejected; v2 keeps running");
-        write_app(&self.repo, self.service, "v3", 2, true)?;
+        stage("3/8", "a malformed commit is rejected; v2 keeps running");
+        write_app(
+            &self.repo,
+            self.ports,
+            &Release {
+                typo: true,
+                ..Release::good("v3")
+            },
+        )?;
         git(&self.repo, &["commit", "-qam", "Typo in the manifest"])?;
         let c3 = head(&self.repo)?;
         self.sync()?;
@@ -251,19 +283,26 @@ impl Demo {
         self.check_answers(&app, "v2")?;
 
         // Repair the manifest so the next stages start from a valid head.
-        write_app(&self.repo, self.service, "v2", 2, false)?;
+        write_app(&self.repo, self.ports, &Release::good("v2"))?;
         git(&self.repo, &["commit", "-qam", "Fix the manifest"])?;
         self.sync()?;
 
         // 4. a bad release, rolled back by the guard
         stage(
-            "4/7",
+            "4/8",
             "a bad v3 (5 % errors) is caught by the sequential guard and rolled back",
         );
         self.bad_release()?;
 
-        // 4. self-heal
-        stage("5/7", "an instance is killed with SIGKILL and healed");
+        // 5. a fragile release, rolled back by its chaos step
+        stage(
+            "5/8",
+            "a v4 with no timeout on payments passes every check but not its chaos step",
+        );
+        self.fragile_release()?;
+
+        // 6. self-heal
+        stage("6/8", "an instance is killed with SIGKILL and healed");
         let victim = app
             .instances
             .first()
@@ -291,23 +330,28 @@ impl Demo {
         }
         self.check_answers(&app, "v2")?;
 
-        // 5. a feature flag, rolled out by two commits
+        // 7. a feature flag, rolled out by two commits
         stage(
-            "6/7",
+            "7/8",
             "a feature flag is turned on for 10 % of users, then 50 %, by two commits",
         );
         for percent in [10, 50] {
             self.flag_rollout(percent)?;
         }
 
-        // 6. prune
-        stage("7/7", "the application is removed from Git and pruned");
-        let pids: Vec<u32> = app.instances.iter().filter_map(|i| i.pid).collect();
-        git(&self.repo, &["rm", "-q", "apps/hello.yaml"])?;
-        git(&self.repo, &["commit", "-qm", "Remove hello"])?;
+        // 8. prune
+        stage("8/8", "the applications are removed from Git and pruned");
+        let status: Status = self.client.get("/api/v1/status")?;
+        let pids: Vec<u32> = status
+            .apps
+            .iter()
+            .flat_map(|a| a.instances.iter().filter_map(|i| i.pid))
+            .collect();
+        git(&self.repo, &["rm", "-rq", "apps", "chaos"])?;
+        git(&self.repo, &["commit", "-qm", "Remove hello and payments"])?;
         let c5 = head(&self.repo)?;
         self.sync()?;
-        self.wait_status("hello pruned and its processes gone", |s| {
+        self.wait_status("hello and payments pruned and their processes gone", |s| {
             applied(s) == c5 && s.apps.is_empty() && pids.iter().all(|p| !alive(*p))
         })?;
         println!("  processes {pids:?} are gone");
@@ -322,11 +366,110 @@ impl Demo {
         Ok(())
     }
 
+    /// The chaos run that judged `revision` of hello at its chaos step.
+    fn gate_run(&self, revision: &str) -> Result<RunSummary> {
+        let runs: serde_json::Value = self.client.get("/api/v1/chaos/runs")?;
+        let runs: Vec<RunSummary> = serde_json::from_value(runs["runs"].clone())?;
+        runs.into_iter()
+            .rev()
+            .find(|r| {
+                r.gate
+                    .as_ref()
+                    .is_some_and(|g| g.app == APP && g.revision == revision)
+            })
+            .ok_or_else(|| anyhow!("no chaos run judged hello's revision {revision}"))
+    }
+
+    /// Commits a v4 whose calls to payments have no timeout while requests flow: it passes
+    /// its canary steps until the chaos step holds payments for 3 s, where it stops answering
+    /// and is rolled back. Prints the journal's verdict, then returns Git to v2.
+    fn fragile_release(&mut self) -> Result<()> {
+        let traffic = Traffic::start(self.ports.hello);
+        let fragile = Release {
+            resilient: false,
+            ..Release::good("v4")
+        };
+        write_app(&self.repo, self.ports, &fragile)?;
+        git(&self.repo, &["commit", "-qam", "Release hello v4"])?;
+        self.sync()?;
+        let app = self.wait_app("v4 rolled back: all traffic on v2", |_, a| {
+            matches!(&a.health, Health::Degraded(r) if r.contains("rolled back"))
+                && a.traffic
+                    .iter()
+                    .all(|t| t.weight == 0 || t.revision != a.revision)
+        })?;
+        let counts = traffic.finish();
+        let Health::Degraded(reason) = &app.health else {
+            bail!("v4 is not reported rolled back");
+        };
+        println!("  {reason}");
+        if !reason.contains("did not survive chaos experiment payments-outage") {
+            bail!("v4 was rolled back, but not by its chaos step: {reason}");
+        }
+        let gate = self.gate_run(&app.revision)?;
+        let view: serde_json::Value = self
+            .client
+            .get(&format!("/api/v1/chaos/runs/{}", gate.id))?;
+        let journal = &view["journal"];
+        for (phase, label) in [
+            ("before", "before the fault"),
+            ("after", "with payments held"),
+        ] {
+            for probe in journal["steadyState"][phase]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                println!(
+                    "  probe {} {label}: {} ({})",
+                    probe["name"].as_str().unwrap_or_default(),
+                    if probe["passed"] == true {
+                        "ok"
+                    } else {
+                        "FAILED"
+                    },
+                    probe["reason"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        for fault in journal["faults"].as_array().into_iter().flatten() {
+            println!(
+                "  {}: removed {} ms after it was injected",
+                fault["title"].as_str().unwrap_or_default(),
+                fault["removedMs"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(fault["injectedMs"].as_u64().unwrap_or(0))
+            );
+        }
+        println!("  journal: gauntlet chaos report {}", gate.id);
+        println!(
+            "  through the proxy meanwhile: {} requests, {} answered v4, {} answered v2, {} failed",
+            counts.sent,
+            counts.answered("v4"),
+            counts.answered("v2"),
+            counts.failed
+        );
+        write_app(&self.repo, self.ports, &Release::good("v2"))?;
+        git(&self.repo, &["commit", "-qam", "Back to hello v2"])?;
+        let back = head(&self.repo)?;
+        self.sync()?;
+        let app = self.wait_app("Git back on v2, healthy", |s, a| {
+            applied(s) == back && a.health == Health::Healthy && a.ready == 2
+        })?;
+        self.check_answers(&app, "v2")?;
+        Ok(())
+    }
+
     /// Commits a v3 that fails 5 % of its requests while requests flow, waits until the guard
     /// rolls it back, prints what v3 served, then returns Git to v2.
     fn bad_release(&mut self) -> Result<()> {
-        let traffic = Traffic::start(self.service);
-        write_app_failing(&self.repo, self.service, "v3", 2, false, 0.05)?;
+        let traffic = Traffic::start(self.ports.hello);
+        let failing = Release {
+            error_rate: 0.05,
+            ..Release::good("v3")
+        };
+        write_app(&self.repo, self.ports, &failing)?;
         git(&self.repo, &["commit", "-qam", "Release hello v3"])?;
         self.sync()?;
         let app = self.wait_app("v3 rolled back: all traffic on v2", |_, a| {
@@ -349,7 +492,7 @@ impl Demo {
         if served == 0 {
             bail!("v3 never received traffic, so the guard had nothing to judge");
         }
-        write_app(&self.repo, self.service, "v2", 2, false)?;
+        write_app(&self.repo, self.ports, &Release::good("v2"))?;
         git(&self.repo, &["commit", "-qam", "Back to hello v2"])?;
         let back = head(&self.repo)?;
         self.sync()?;
@@ -414,7 +557,9 @@ impl Demo {
     }
 
     fn restore(&mut self) -> Result<()> {
-        write_app(&self.repo, self.service, "v2", 2, false)?;
+        write_payments(&self.repo, self.ports)?;
+        write_experiment(&self.repo)?;
+        write_app(&self.repo, self.ports, &Release::good("v2"))?;
         git(&self.repo, &["add", "-A"])?;
         git(&self.repo, &["commit", "-qm", "Restore hello v2"])?;
         self.sync()?;
@@ -457,8 +602,17 @@ impl Demo {
     }
 
     fn wait_app(&self, what: &str, ok: impl Fn(&Status, &AppStatus) -> bool) -> Result<AppStatus> {
-        let s = self.wait_status(what, |s| s.apps.iter().any(|a| a.name == APP && ok(s, a)))?;
-        find(&s, APP)
+        self.wait_app_named(APP, what, ok)
+    }
+
+    fn wait_app_named(
+        &self,
+        name: &str,
+        what: &str,
+        ok: impl Fn(&Status, &AppStatus) -> bool,
+    ) -> Result<AppStatus> {
+        let s = self.wait_status(what, |s| s.apps.iter().any(|a| a.name == name && ok(s, a)))?;
+        find(&s, name)
     }
 
     /// Every instance answers `GET /` with `version`.
@@ -479,7 +633,7 @@ impl Demo {
             }
             println!("  GET {url} -> {}", body.trim());
         }
-        let url = format!("http://127.0.0.1:{}/", self.service);
+        let url = format!("http://127.0.0.1:{}/", self.ports.hello);
         wait_for(&format!("{url} to answer {version}"), || {
             let body = http.get(&url).send().and_then(|r| r.text()).ok();
             Ok(body.filter(|b| b.trim() == version))
@@ -506,8 +660,13 @@ struct TrafficCounts {
 }
 
 impl TrafficCounts {
+    /// Answers from `version`, its fallback answers (`v2 (fallback)`) included.
     fn answered(&self, version: &str) -> u64 {
-        self.answers.get(version).copied().unwrap_or(0)
+        self.answers
+            .iter()
+            .filter(|(body, _)| body.split(' ').next() == Some(version))
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -667,38 +826,70 @@ fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<Option<T>>) -> Resu
     }
 }
 
-fn write_app(repo: &Path, service: u16, version: &str, replicas: u32, typo: bool) -> Result<()> {
-    write_app_failing(repo, service, version, replicas, typo, 0.0)
+/// The ports the proxy serves the demo's applications on.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    hello: u16,
+    payments: u16,
 }
 
-/// The demo application at `version`, failing `error_rate` of its requests with 500.
-fn write_app_failing(
-    repo: &Path,
-    service: u16,
-    version: &str,
-    replicas: u32,
-    typo: bool,
+/// One release of hello.
+struct Release<'a> {
+    version: &'a str,
+    /// Fraction of requests answered with 500.
     error_rate: f64,
-) -> Result<()> {
+    /// Gives up on payments after 300 ms and answers from a fallback; otherwise waits for it.
+    resilient: bool,
+    /// Misspells `command`: a commit the controller must reject.
+    typo: bool,
+}
+
+impl Release<'_> {
+    fn good(version: &str) -> Release<'_> {
+        Release {
+            version,
+            error_rate: 0.0,
+            resilient: true,
+            typo: false,
+        }
+    }
+}
+
+/// hello at `release`, on two instances behind the proxy, rolled out as a canary whose third
+/// step is the `payments-outage` chaos experiment.
+fn write_app(repo: &Path, ports: Ports, release: &Release) -> Result<()> {
     let exe = gauntlet_exe()?;
-    let command_key = if typo { "comand" } else { "command" };
+    let command_key = if release.typo { "comand" } else { "command" };
+    let Release {
+        version,
+        error_rate,
+        ..
+    } = release;
+    let timeout = if release.resilient {
+        r#", "--downstream-timeout", "300ms""#
+    } else {
+        ""
+    };
     let yaml = format!(
-        r#"# The demo application: `gauntlet demo-app`, answering its version on GET /.
+        r#"# The demo application: `gauntlet demo-app`, answering its version on GET / after a call
+# to payments.
 apiVersion: gauntlet.dev/v1alpha1
 kind: Application
 metadata:
   name: {APP}
 spec:
-  replicas: {replicas}
+  replicas: 2
   process:
     {command_key}: ["{exe}", "demo-app"]
-    args: ["--listen", "127.0.0.1:${{PORT}}", "--version", "{version}", "--error-rate", "{error_rate}"]
+    args: ["--listen", "127.0.0.1:${{PORT}}", "--version", "{version}", "--error-rate", "{error_rate}",
+           "--downstream", "http://127.0.0.1:{payments}/"{timeout}]
   readiness:
     httpGet: {{path: /healthz}}
     periodSeconds: 1
   service:
-    listen: "127.0.0.1:{service}"
-  # Every release is a canary judged request by request by the sequential guard.
+    listen: "127.0.0.1:{hello}"
+  # Every release is a canary judged request by request by the sequential guard, and must
+  # survive payments' outage before it gets half of the traffic.
   strategy:
     canary:
       scaleDownDelaySeconds: 0
@@ -706,17 +897,72 @@ spec:
       steps:
       - setWeight: 25
       - pause: {{duration: 5s}}
+      - chaos: {{experiment: payments-outage}}
       - setWeight: 50
       - pause: {{duration: 5s}}
 "#,
-        exe = exe.display()
+        exe = exe.display(),
+        hello = ports.hello,
+        payments = ports.payments,
     );
-    // Stage 5's `git rm` takes the emptied directory with it.
-    let dir = repo.join("apps");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("hello.yaml");
-    std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    write_file(&repo.join("apps/hello.yaml"), &yaml)
+}
+
+/// payments: the dependency hello calls on every request.
+fn write_payments(repo: &Path, ports: Ports) -> Result<()> {
+    let exe = gauntlet_exe()?;
+    let yaml = format!(
+        r#"apiVersion: gauntlet.dev/v1alpha1
+kind: Application
+metadata:
+  name: payments
+spec:
+  replicas: 1
+  process:
+    command: ["{exe}", "demo-app"]
+    args: ["--listen", "127.0.0.1:${{PORT}}", "--version", "payments"]
+  readiness:
+    httpGet: {{path: /healthz}}
+    periodSeconds: 1
+  service:
+    listen: "127.0.0.1:{payments}"
+"#,
+        exe = exe.display(),
+        payments = ports.payments,
+    );
+    write_file(&repo.join("apps/payments.yaml"), &yaml)
+}
+
+/// The experiment of hello's chaos step: its candidate alone must keep answering within a
+/// second while its calls to payments are held for three.
+fn write_experiment(repo: &Path) -> Result<()> {
+    let yaml = r#"apiVersion: gauntlet.dev/v1alpha1
+kind: ChaosExperiment
+metadata:
+  name: payments-outage
+spec:
+  target: {application: hello, revision: candidate, mode: all}
+  hypothesis:
+    probes:
+    - name: candidate-answers
+      http: {url: "http://${TARGET}/"}
+      timeout: 1s
+      tolerance: {status: 200}
+  method:
+  # Held until the run ends: the hypothesis after the method is checked under it.
+  - fault: {dependency: {application: payments, delay: {latency: 3s}}}
+  - pause: 1s
+  duration: 1m
+"#;
+    write_file(&repo.join("chaos/payments-outage.yaml"), yaml)
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<()> {
+    // Stage 8's `git rm` takes emptied directories with it.
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The demo's flag set: `new-checkout` on for `percent` % of users, bucketed by targeting key.

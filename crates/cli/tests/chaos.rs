@@ -414,13 +414,18 @@ fn a_killed_instance_is_restarted_by_the_runtime() {
 
 #[test]
 fn cpu_memory_and_disk_faults_hold_their_resources_until_the_run_is_aborted() {
-    let stress = "  target: {application: web, revision: stable, mode: one}\n  hypothesis:\n    probes: []\n  method:\n  - {fault: {cpu: {cores: 1, load: 100}}, duration: 5m, background: true}\n  - {fault: {memory: {size: 64Mi}}, duration: 5m, background: true}\n  - {fault: {diskFill: {size: 32Mi}}, duration: 5m, background: true}\n  - {pause: 5m}\n  duration: 10m\n";
+    // Each fault picks its own instance; two of them may pick both.
+    let stress = "  target: {application: web, revision: stable, mode: one}\n  blastRadius: {allowAllStable: true}\n  hypothesis:\n    probes: []\n  method:\n  - {fault: {cpu: {cores: 1, load: 100}}, duration: 5m, background: true}\n  - {fault: {memory: {size: 64Mi}}, duration: 5m, background: true}\n  - {fault: {diskFill: {size: 32Mi}}, duration: 5m, background: true}\n  - {pause: 5m}\n  duration: 10m\n";
     let (_repo, c, _port) = setup(2, &[("stress", stress)]);
     let id = start(&c, "stress");
-    let records = c.wait_until("three fault agents hold their faults", || {
-        let records = agent_records(&c);
-        (records.len() == 3).then_some(records)
-    });
+    let records = wait_until_or(
+        "three fault agents hold their faults",
+        || format!("{}\n{}", run_view(&c, &id), c.log_tail()),
+        || {
+            let records = agent_records(&c);
+            (records.len() == 3).then_some(records)
+        },
+    );
     let agent = |kind: &str| -> Value {
         records
             .iter()

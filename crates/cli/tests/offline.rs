@@ -134,7 +134,7 @@ fn validate_checks_strategies_and_the_templates_they_name() {
 fn every_subcommand_has_help() {
     for cmd in [
         "up", "down", "status", "sync", "diff", "history", "logs", "validate", "schema", "demo",
-        "demo-app", "proxy", "load", "flags", "rollout", "release",
+        "demo-app", "proxy", "load", "flags", "rollout", "release", "chaos",
     ] {
         let out = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");

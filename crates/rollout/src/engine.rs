@@ -16,7 +16,9 @@
 //! Inconclusive: pause for an operator, as Argo does); `chaos` waits for the experiment's
 //! verdict. After the last step the candidate becomes stable with all traffic, and the old
 //! stable is scaled down after `scaleDownDelaySeconds`. The sequential guard watches every
-//! reading while the candidate has traffic; background analysis starts at its step index.
+//! reading while the candidate has traffic, except during a `chaos` step, whose experiment
+//! hurts the candidate on purpose and is its judge; background analysis starts at its step
+//! index.
 //!
 //! - `promote` ends the current pause, analysis or chaos step and moves on; `promote --full`
 //!   skips all remaining steps. `pause`/`resume` hold and release the rollout (the guard keeps
@@ -880,7 +882,7 @@ impl Engine<'_> {
         else {
             return false;
         };
-        if !cfg.enabled {
+        if !cfg.enabled || self.in_chaos_step() {
             return false;
         }
         let Some(candidate) = &obs.candidate_traffic else {
@@ -906,6 +908,16 @@ impl Engine<'_> {
             }
             _ => false,
         }
+    }
+
+    /// A chaos step's experiment is judging the candidate: its faults are meant to hurt, so
+    /// the guard looks away until the step is over (the readings in between are dropped).
+    fn in_chaos_step(&self) -> bool {
+        self.s.chaos_started
+            && matches!(
+                self.steps().get(self.s.step_index),
+                Some(CanaryStep::Chaos(_))
+            )
     }
 
     fn start_run(&mut self, key: RunKey, templates: &[TemplateRef], args: &[Arg]) -> bool {
@@ -1754,6 +1766,32 @@ mod tests {
             .unwrap()
             .reason
             .contains("did not survive chaos"));
+    }
+
+    #[test]
+    fn the_guard_looks_away_while_a_chaos_step_hurts_the_candidate() {
+        let spec = canary(json!([{"chaos": {"experiment": "slow-db"}}, {"pause": {}}]));
+        let s = step(&spec, &stable_state(&spec), &obs(CANDIDATE), 1_000);
+        assert!(s.state.chaos_started);
+        let s = step(&spec, &s.state, &bad_reading(100, 100), 1_250);
+        assert!(
+            s.state.aborted.is_none(),
+            "the experiment judges, not the guard"
+        );
+        let passed = Observations {
+            chaos: vec![ChaosVerdict {
+                experiment: "slow-db".into(),
+                passed: true,
+                message: "the hypothesis held".into(),
+            }],
+            ..obs(CANDIDATE)
+        };
+        let s = step(&spec, &s.state, &passed, 1_500);
+        let s = step(&spec, &s.state, &bad_reading(100, 100), 1_750);
+        assert!(
+            s.state.aborted.is_some(),
+            "the guard watches again after the step"
+        );
     }
 
     #[test]

@@ -334,9 +334,13 @@ impl<R: Runtime + Clone> Controller<R> {
             ),
             None => ("", String::new()),
         };
+        let who = match &gate {
+            Some(_) => Actor::Controller,
+            None => Actor::User(actor.to_string()),
+        };
         let _ = self
             .audit(vec![AuditRecord::now(
-                Actor::User(actor.to_string()),
+                who,
                 app,
                 "chaos-run",
                 format!("experiment {experiment} started as run {id}{why}"),
@@ -920,12 +924,8 @@ impl<R: Runtime + Clone> Controller<R> {
                 }
                 Action::Journal(_) => {}
                 Action::Finished {
-                    status,
-                    deviated,
-                    message,
-                } => {
-                    self.finish(id, &next, status, deviated, &message).await;
-                }
+                    status, deviated, ..
+                } => self.finish(id, &next, status, deviated),
             }
         }
         if proxy_changed {
@@ -944,14 +944,9 @@ impl<R: Runtime + Clone> Controller<R> {
         self.inner.chaos_now.notify_one();
     }
 
-    async fn finish(
-        &self,
-        id: &str,
-        stored: &StoredRun,
-        status: RunStatus,
-        deviated: bool,
-        message: &str,
-    ) {
+    /// Files a finished run's journal (the engine's `Finished` event is its audit record)
+    /// and hands a gate's verdict to its rollout.
+    fn finish(&self, id: &str, stored: &StoredRun, status: RunStatus, deviated: bool) {
         let view = RunView {
             id: id.to_string(),
             experiment: stored.experiment.clone(),
@@ -994,17 +989,6 @@ impl<R: Runtime + Clone> Controller<R> {
         if stored.gate.is_some() {
             self.inner.reconcile_now.notify_one();
         }
-        let _ = self
-            .audit(vec![AuditRecord::now(
-                Actor::Controller,
-                &stored.spec.target.application,
-                "chaos-finished",
-                format!(
-                    "run {id}: {status:?}{}: {message}",
-                    if deviated { ", deviated" } else { "" }
-                ),
-            )])
-            .await;
     }
 
     async fn probe(
