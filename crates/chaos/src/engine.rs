@@ -58,7 +58,8 @@ use crate::select::{choose_targets, Fleet, SplitMix64, Targets};
 use crate::spec::{ActivityKind, ChaosExperimentSpec, CommandAction, Fault, Probe};
 use crate::tolerance::ProbeOutput;
 
-/// The longest a lease reaches ahead of now; renewed at half of it.
+/// The longest a lease reaches ahead of now, by default (a run may carry a shorter one,
+/// [`RunState::lease_ms`]); renewed at half of it.
 pub const LEASE_MS: u64 = 30_000;
 /// How long the shell has to confirm an injection that the method waits for (a kill, a
 /// fault held until the end) before the run is aborted.
@@ -176,6 +177,13 @@ pub struct RunState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<PendingRollback>,
     pub journal: Journal,
+    /// How far ahead a lease reaches ([`LEASE_MS`] unless the controller is set otherwise).
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn default_lease_ms() -> u64 {
+    LEASE_MS
 }
 
 impl Default for SplitMix64 {
@@ -194,6 +202,7 @@ impl RunState {
                 run_id: run_id.into(),
                 ..Journal::default()
             },
+            lease_ms: LEASE_MS,
             ..RunState::default()
         }
     }
@@ -819,7 +828,7 @@ impl Engine<'_> {
                     .as_ref()
                     .map(|d| (self.now + d.as_ms()).min(deadline));
                 let cap = ends_ms.unwrap_or(deadline);
-                let lease_expires_ms = (self.now + LEASE_MS).min(cap);
+                let lease_expires_ms = (self.now + self.s.lease_ms).min(cap);
                 let id = format!("{}/method[{index}]", self.s.journal.run_id);
                 running.ends_ms = ends_ms;
                 if ends_ms.is_none() {
@@ -967,8 +976,8 @@ impl Engine<'_> {
             }
             let cap = f.ends_ms.unwrap_or(deadline).min(deadline);
             let lease = record.lease_expires_ms;
-            if lease < cap && self.now + LEASE_MS / 2 >= lease {
-                let renewed = (self.now + LEASE_MS).min(cap);
+            if lease < cap && self.now + self.s.lease_ms / 2 >= lease {
+                let renewed = (self.now + self.s.lease_ms).min(cap);
                 if renewed > lease {
                     record.lease_expires_ms = renewed;
                     self.actions.push(Action::RenewLease {
@@ -995,7 +1004,7 @@ impl Engine<'_> {
             let record = &s.journal.faults[f.record];
             let cap = f.ends_ms.unwrap_or(self.deadline()).min(self.deadline());
             (s.is_active() && record.removed_ms.is_none() && record.lease_expires_ms < cap)
-                .then(|| record.lease_expires_ms.saturating_sub(LEASE_MS / 2))
+                .then(|| record.lease_expires_ms.saturating_sub(self.s.lease_ms / 2))
         });
         let rollback = s.rollback.as_ref().map(|r| r.answer_by_ms);
         deadline

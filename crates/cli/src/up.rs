@@ -76,6 +76,11 @@ pub struct UpArgs {
     /// (default "Gauntlet <gauntlet@localhost>").
     #[arg(long, value_parser = parse_author)]
     revert_author: Option<String>,
+    /// How far ahead the lease of each chaos fault reaches: if this controller dies, a fault
+    /// outlives it by at most this long (the fault agents and the proxy end it on their own).
+    /// Leases are renewed at half of it while the fault should stay.
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    chaos_lease: Duration,
 }
 
 /// How long calls in flight may take to finish once the controller is stopping.
@@ -84,7 +89,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_secs(1) {
-        return Err("the polling interval must be at least 1s".into());
+        return Err("must be at least 1s".into());
     }
     Ok(d)
 }
@@ -224,6 +229,7 @@ async fn serve(args: UpArgs, state_dir: PathBuf) -> Result<ExitCode> {
             chaos: Some(ChaosConfig {
                 faults_dir: state_dir.join("faults"),
                 agent_bin: std::env::current_exe().context("locating the gauntlet binary")?,
+                lease: args.chaos_lease,
             }),
         },
         runtime.clone(),

@@ -59,6 +59,15 @@ fn finished(c: &Controller, id: &str) -> Value {
 }
 
 fn setup(replicas: u32, experiments: &[(&str, &str)]) -> (Repo, Controller, u16) {
+    setup_with(replicas, experiments, &[])
+}
+
+/// [`setup`] with extra flags for `gauntlet up`.
+fn setup_with(
+    replicas: u32,
+    experiments: &[(&str, &str)],
+    flags: &[&str],
+) -> (Repo, Controller, u16) {
     let repo = Repo::new();
     let port = free_port();
     repo.write("apps/web.yaml", &web(port, replicas));
@@ -66,7 +75,7 @@ fn setup(replicas: u32, experiments: &[(&str, &str)]) -> (Repo, Controller, u16)
         repo.write(&format!("chaos/{name}.yaml"), &experiment(name, spec));
     }
     repo.commit("web and its experiments");
-    let c = Controller::start(repo.path().to_str().unwrap(), &[]);
+    let c = Controller::start(repo.path().to_str().unwrap(), flags);
     c.wait_healthy("web", u64::from(replicas));
     wait_until("web answers through the proxy", || {
         (status(port) == Some(200)).then_some(())
@@ -176,14 +185,28 @@ fn a_paused_instance_is_resumed_on_abort_and_a_second_run_is_refused_while_one_r
 #[test]
 fn a_fault_ends_at_its_lease_with_the_controller_killed_and_the_run_is_interrupted() {
     let pause = "  target: {application: web, revision: stable, mode: one}\n  hypothesis:\n    probes: []\n  method:\n  - {fault: {pause: {}}, duration: 5m}\n  rollbacks:\n  - {action: {command: [\"true\"]}}\n  duration: 10m\n";
-    let (_repo, mut c, _port) = setup(2, &[("pause-long", pause)]);
+    let (_repo, mut c, _port) = setup_with(2, &[("pause-long", pause)], &["--chaos-lease", "2s"]);
     let pids = instance_pids(&c.app("web").unwrap());
     let id = start(&c, "pause-long");
     let paused = wait_until("one instance stopped", || {
         pids.iter().copied().find(|p| is_stopped(*p as u32))
     });
 
-    // The controller dies; the agent's lease (at most 30 s ahead) ends the fault by itself.
+    // While the controller lives it renews the lease, so the fault outlasts its first lease.
+    c.wait_until("the lease renewed past its first 2 s", || {
+        let fault = run_view(&c, &id)["journal"]["faults"][0].clone();
+        let (injected, lease) = (
+            fault["injectedMs"].as_u64()?,
+            fault["leaseExpiresMs"].as_u64()?,
+        );
+        (lease > injected + 2_500 && crate::now_ms() > injected + 2_500).then_some(())
+    });
+    assert!(
+        is_stopped(paused as u32),
+        "still paused after its first lease"
+    );
+
+    // The controller dies; the agent's lease (at most 2 s ahead) ends the fault by itself.
     c.kill9();
     c.wait_until(
         "the paused instance resumed by its lease, with no controller",
@@ -337,6 +360,12 @@ fn a_chaos_step_promotes_a_candidate_that_survives_and_rolls_back_one_that_does_
     wait_until("v2 serves again", || {
         answer(u64::from(port)).filter(|b| b.starts_with("v2"))
     });
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The fault agents' records in the controller's state directory.

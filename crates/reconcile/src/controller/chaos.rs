@@ -55,6 +55,8 @@ pub struct ChaosConfig {
     pub faults_dir: PathBuf,
     /// `gauntlet`, run as `gauntlet fault run …`.
     pub agent_bin: PathBuf,
+    /// How far ahead a fault's lease reaches (see [`engine::LEASE_MS`], the default).
+    pub lease: Duration,
 }
 
 /// Why a run cannot start or be found.
@@ -265,7 +267,7 @@ impl<R: Runtime + Clone> Controller<R> {
         actor: &str,
         gate: Option<Gate>,
     ) -> Result<String, ChaosError> {
-        self.chaos_config()?;
+        let lease_ms = self.chaos_config()?.lease.as_millis() as u64;
         self.load_chaos();
         let mut spec = self
             .experiment(experiment)
@@ -297,7 +299,10 @@ impl<R: Runtime + Clone> Controller<R> {
             experiment: experiment.to_string(),
             actor: actor.to_string(),
             spec,
-            state: RunState::new(id.clone(), seed),
+            state: RunState {
+                lease_ms,
+                ..RunState::new(id.clone(), seed)
+            },
             gate: gate.clone(),
         };
         self.inner
