@@ -2,7 +2,8 @@
 //!
 //! - `POST /api/v1/chaos/experiments/{name}/run`: start a run (`202 {"run": ID}`); with
 //!   `?dryRun=true`, the plan (targets, activities, timing) and nothing touched.
-//! - `GET /api/v1/chaos/runs`: every run, newest last, and whether chaos is paused.
+//! - `GET /api/v1/chaos/runs`: every run, newest last, whether chaos is paused, and each
+//!   scheduled experiment with its next fire.
 //! - `GET /api/v1/chaos/runs/{id}`: one run's journal (live while it runs).
 //! - `POST /api/v1/chaos/runs/{id}/abort`: end the run: faults removed, rollbacks run.
 //! - `POST /api/v1/chaos/pause-all` and `/resume-all`: stop every run and refuse new ones,
@@ -60,8 +61,16 @@ pub(crate) async fn list<R: Runtime + Clone>(
     State(state): State<Shared<R>>,
 ) -> Json<serde_json::Value> {
     let controller = &state.controller;
+    let schedules: Vec<serde_json::Value> = controller
+        .chaos_schedules()
+        .into_iter()
+        .map(|(experiment, schedule, next)| {
+            serde_json::json!({"experiment": experiment, "schedule": schedule, "nextFireMs": next})
+        })
+        .collect();
     Json(serde_json::json!({
         "paused": controller.chaos_paused(),
+        "schedules": schedules,
         "runs": controller.chaos_runs(),
     }))
 }

@@ -331,8 +331,8 @@ pub struct MetricProbe {
     /// Builtin metrics: whose (default: the target's revision, or stable for `all`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<TargetRevision>,
-    /// The range the value is computed over (builtin: the proxy's window; Prometheus: what
-    /// `{{window}}` in the query becomes).
+    /// The range the value is computed over (builtin: the controller's live window, 10s;
+    /// Prometheus: what `{{window}}` in the query becomes, in whole seconds, default 1m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<DurationStr>,
 }
@@ -415,7 +415,7 @@ impl Activity {
     }
 }
 
-/// A command run by the controller, in the application's working directory.
+/// A command run by the controller (no shell), in the controller's working directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CommandAction {

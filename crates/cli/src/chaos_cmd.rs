@@ -63,7 +63,17 @@ pub enum ChaosCommand {
 #[derive(serde::Deserialize, serde::Serialize)]
 struct RunList {
     paused: bool,
+    #[serde(default)]
+    schedules: Vec<Scheduled>,
     runs: Vec<RunSummary>,
+}
+
+#[derive(serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Scheduled {
+    experiment: String,
+    schedule: String,
+    next_fire_ms: u64,
 }
 
 pub fn run(state_dir: &Path, command: ChaosCommand) -> Result<ExitCode> {
@@ -111,10 +121,24 @@ pub fn run(state_dir: &Path, command: ChaosCommand) -> Result<ExitCode> {
                 if list.paused {
                     writeln!(out, "chaos is paused (gauntlet chaos resume-all)")?;
                 }
-                for r in &list.runs {
+                for s in &list.schedules {
                     writeln!(
                         out,
-                        "{:<40} {:<24} {:<12} {}",
+                        "scheduled {:<24} {:<16} next {}",
+                        s.experiment,
+                        s.schedule,
+                        at(s.next_fire_ms)
+                    )?;
+                }
+                for r in &list.runs {
+                    let gate = r
+                        .gate
+                        .as_ref()
+                        .map(|g| format!("gate of {} step {}", g.app, g.step + 1))
+                        .unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{:<40} {:<24} {:<12} {:<9}{gate}",
                         r.id,
                         r.experiment,
                         format!("{:?}", r.status),

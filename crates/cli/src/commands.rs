@@ -216,8 +216,11 @@ pub fn validate(path: &Path) -> Result<ExitCode> {
     match gauntlet_spec::parse(&files) {
         Ok(desired) => {
             println!(
-                "ok: {} applications and {} flags in {} files",
+                "ok: {} applications, {} analysis templates, {} chaos experiments and {} flags \
+                 in {} files",
                 desired.applications.len(),
+                desired.templates.len(),
+                desired.experiments.len(),
                 desired.flags.flags.len(),
                 files.len()
             );

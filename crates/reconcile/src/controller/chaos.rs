@@ -517,6 +517,16 @@ impl<R: Runtime + Clone> Controller<R> {
         lock(&self.inner.chaos_runs).paused
     }
 
+    /// Each scheduled experiment with its schedule and next fire (Unix ms).
+    pub fn chaos_schedules(&self) -> Vec<(String, String, u64)> {
+        self.load_chaos();
+        lock(&self.inner.chaos_runs)
+            .schedules
+            .iter()
+            .map(|(name, e)| (name.clone(), e.expression.clone(), e.next_fire_ms))
+            .collect()
+    }
+
     /// Every run, newest last.
     pub fn chaos_runs(&self) -> Vec<RunSummary> {
         self.inner
@@ -1040,19 +1050,30 @@ impl<R: Runtime + Clone> Controller<R> {
             let provider: gauntlet_rollout::analysis::Provider =
                 match (&metric.builtin, &metric.prometheus) {
                     (Some(name), _) => {
-                        let revision = match metric.revision {
-                            Some(gauntlet_chaos::spec::TargetRevision::Candidate) => "candidate",
-                            _ => "stable",
+                        // Whose: as said, else the target's revision (stable for `all`).
+                        let revision = match metric.revision.unwrap_or(target.revision) {
+                            TargetRevision::Candidate => "candidate",
+                            TargetRevision::Stable | TargetRevision::All => "stable",
                         };
-                        serde_json::from_value(serde_json::json!({"builtin": {
-                            "metric": name, "revision": revision,
+                        let mut builtin = serde_json::json!({"metric": name, "revision": revision});
+                        if let Some(window) = &metric.window {
+                            builtin["window"] = serde_json::json!(window.to_string());
+                        }
+                        serde_json::from_value(serde_json::json!({ "builtin": builtin }))
+                            .map_err(|e| e.to_string())?
+                    }
+                    (None, Some(q)) => {
+                        // PromQL durations are whole: `{{window}}` in seconds (default 1m).
+                        let window = metric
+                            .window
+                            .as_ref()
+                            .map_or(60, |w| w.as_ms().div_ceil(1000));
+                        let query = q.query.replace("{{window}}", &format!("{window}s"));
+                        serde_json::from_value(serde_json::json!({"prometheus": {
+                            "address": q.address, "query": query,
                         }}))
                         .map_err(|e| e.to_string())?
                     }
-                    (None, Some(q)) => serde_json::from_value(serde_json::json!({"prometheus": {
-                        "address": q.address, "query": q.query,
-                    }}))
-                    .map_err(|e| e.to_string())?,
                     (None, None) => return Err("a metric probe needs builtin or prometheus".into()),
                 };
             let ctx = {
