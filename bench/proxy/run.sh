@@ -7,6 +7,10 @@
 #
 # Environment knobs (defaults in brackets):
 #   DURATION [10s]  CONNECTIONS [64]  WARMUP [3s]  VERIFY_REQUESTS [2000]
+#   ROUNDS [3]       each round runs the three proxies once, in a rotated order, so a machine
+#                    whose speed drifts during the run (other tenants, thermal) weighs on each
+#                    proxy alike; the summary gives each proxy's median over the rounds and
+#                    Gauntlet's ratio in every round
 #   PROXY_CPU [0]  LOAD_CPU [1]  BACKEND_CPU [same as LOAD_CPU]
 #   BACKEND [nginx]  nginx (static `return 200` on two ports) or demo-app (two `gauntlet demo-app`)
 #   SKIP_BUILD [0]   1 to use the gauntlet binary as it is
@@ -18,6 +22,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 WARMUP=${WARMUP:-3s}
 VERIFY_REQUESTS=${VERIFY_REQUESTS:-2000}
+ROUNDS=${ROUNDS:-3}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BACKEND_CPU=${BACKEND_CPU:-$LOAD_CPU}
@@ -338,16 +343,46 @@ start_backend
 BACKEND_RPS=$(run_wrk "$WARMUP" "$V1_PORT" | awk '/^Requests\/sec:/ {printf "%.0f", $2}')
 log "backend alone (wrk and backend sharing CPU $LOAD_CPU): $BACKEND_RPS req/s"
 
-for proxy in nginx haproxy gauntlet; do measure "$proxy"; done
+PROXIES=(nginx haproxy gauntlet)
+declare -A ALL_RPS ALL_P50 ALL_P99
+for round in $(seq 1 "$ROUNDS"); do
+    # Rotate the order: round 1 nginx first, round 2 haproxy first, round 3 gauntlet first...
+    shift_by=$(((round - 1) % 3))
+    order=("${PROXIES[@]:$shift_by}" "${PROXIES[@]:0:$shift_by}")
+    log "round $round of $ROUNDS: ${order[*]}"
+    for proxy in "${order[@]}"; do
+        measure "$proxy"
+        ALL_RPS[$proxy]+="${RPS[$proxy]} "
+        ALL_P50[$proxy]+="${P50[$proxy]} "
+        ALL_P99[$proxy]+="${P99[$proxy]} "
+    done
+    printf 'round %d: requests/s nginx %s, haproxy %s, gauntlet %s; gauntlet/nginx %s, gauntlet/haproxy %s\n' \
+        "$round" "${RPS[nginx]}" "${RPS[haproxy]}" "${RPS[gauntlet]}" \
+        "$(awk -v g="${RPS[gauntlet]}" -v o="${RPS[nginx]}" 'BEGIN { printf "%.2fx", g / o }')" \
+        "$(awk -v g="${RPS[gauntlet]}" -v o="${RPS[haproxy]}" 'BEGIN { printf "%.2fx", g / o }')" \
+        >>"$WORK/rounds.txt"
+done
+
+# The median of a list of numbers.
+median() { tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+for proxy in "${PROXIES[@]}"; do
+    RPS[$proxy]=$(median "${ALL_RPS[$proxy]}")
+    P50[$proxy]=$(median "${ALL_P50[$proxy]}")
+    P99[$proxy]=$(median "${ALL_P99[$proxy]}")
+done
 
 echo
 echo "proxy benchmark: wrk -t1 -c$CONNECTIONS -d$DURATION --latency; proxy on CPU $PROXY_CPU," \
-    "wrk on CPU $LOAD_CPU, backend ($BACKEND, v1/v2) on CPU $BACKEND_CPU; 90/10 split"
+    "wrk on CPU $LOAD_CPU, backend ($BACKEND, v1/v2) on CPU $BACKEND_CPU; 90/10 split; $ROUNDS rounds"
 echo "versions: $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v 2>/dev/null | head -1 | awk '{print "HAProxy " $3}'), gauntlet $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $(wrk -v 2>&1 | head -1 | awk '{print $1 " " $2}')"
 echo "backend alone: $BACKEND_RPS req/s"
 echo
+cat "$WORK/rounds.txt"
+echo
+echo "medians over the rounds (CPU, memory, connections and split: the last round)"
 printf '%-10s %12s %10s %10s %9s %11s %9s  %s\n' proxy "requests/s" "p50 ms" "p99 ms" "proxy CPU" "peak RSS MB" "upstr.conn" "split v1/v2 (check)"
-for proxy in nginx haproxy gauntlet; do
+for proxy in "${PROXIES[@]}"; do
     printf '%-10s %12s %10s %10s %8s%% %11s %9s  %s\n' "$proxy" "${RPS[$proxy]}" "${P50[$proxy]}" \
         "${P99[$proxy]}" "${CPU[$proxy]}" "$(awk -v k="${MEM[$proxy]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
         "${CONNS[$proxy]}" "${SPLIT[$proxy]}"

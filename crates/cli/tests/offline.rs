@@ -233,13 +233,16 @@ fn demo_runs_every_stage_and_exits_zero() {
     );
     let text = std::fs::read_to_string(&out_path).unwrap_or_default();
     for stage in [
-        "1/7",
-        "2/7",
-        "3/7",
-        "4/7",
-        "5/7",
-        "6/7",
-        "7/7",
+        "1/8",
+        "2/8",
+        "3/8",
+        "4/8",
+        "5/8",
+        "6/8",
+        "7/8",
+        "8/8",
+        "failed its error guard",
+        "did not survive chaos experiment payments-outage",
         "demo passed",
     ] {
         assert!(text.contains(stage), "{stage} missing:\n{}", output());
