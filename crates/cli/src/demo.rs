@@ -384,25 +384,11 @@ impl Demo {
     /// its canary steps until the chaos step holds payments for 3 s, where it stops answering
     /// and is rolled back. Prints the journal's verdict, then returns Git to v2.
     fn fragile_release(&mut self) -> Result<()> {
-        let traffic = Traffic::start(self.ports.hello);
         let fragile = Release {
             resilient: false,
             ..Release::good("v4")
         };
-        write_app(&self.repo, self.ports, &fragile)?;
-        git(&self.repo, &["commit", "-qam", "Release hello v4"])?;
-        self.sync()?;
-        let app = self.wait_app("v4 rolled back: all traffic on v2", |_, a| {
-            matches!(&a.health, Health::Degraded(r) if r.contains("rolled back"))
-                && a.traffic
-                    .iter()
-                    .all(|t| t.weight == 0 || t.revision != a.revision)
-        })?;
-        let counts = traffic.finish();
-        let Health::Degraded(reason) = &app.health else {
-            bail!("v4 is not reported rolled back");
-        };
-        println!("  {reason}");
+        let (app, counts, reason) = self.rolled_back(&fragile)?;
         if !reason.contains("did not survive chaos experiment payments-outage") {
             bail!("v4 was rolled back, but not by its chaos step: {reason}");
         }
@@ -450,6 +436,34 @@ impl Demo {
             counts.answered("v2"),
             counts.failed
         );
+        self.back_to_v2()
+    }
+
+    /// Commits `release` while requests flow and waits until its rollout is rolled back with
+    /// all traffic on v2; returns the application, the requests' answers and the reason.
+    fn rolled_back(&mut self, release: &Release) -> Result<(AppStatus, TrafficCounts, String)> {
+        let traffic = Traffic::start(self.ports.hello);
+        write_app(&self.repo, self.ports, release)?;
+        let message = format!("Release hello {}", release.version);
+        git(&self.repo, &["commit", "-qam", &message])?;
+        self.sync()?;
+        let what = format!("{} rolled back: all traffic on v2", release.version);
+        let app = self.wait_app(&what, |_, a| {
+            matches!(&a.health, Health::Degraded(r) if r.contains("rolled back"))
+                && a.traffic
+                    .iter()
+                    .all(|t| t.weight == 0 || t.revision != a.revision)
+        })?;
+        let counts = traffic.finish();
+        let Health::Degraded(reason) = app.health.clone() else {
+            bail!("{} is not reported rolled back", release.version);
+        };
+        println!("  {reason}");
+        Ok((app, counts, reason))
+    }
+
+    /// Puts v2 back in Git and waits until it is healthy and answering.
+    fn back_to_v2(&mut self) -> Result<()> {
         write_app(&self.repo, self.ports, &Release::good("v2"))?;
         git(&self.repo, &["commit", "-qam", "Back to hello v2"])?;
         let back = head(&self.repo)?;
@@ -457,31 +471,17 @@ impl Demo {
         let app = self.wait_app("Git back on v2, healthy", |s, a| {
             applied(s) == back && a.health == Health::Healthy && a.ready == 2
         })?;
-        self.check_answers(&app, "v2")?;
-        Ok(())
+        self.check_answers(&app, "v2")
     }
 
     /// Commits a v3 that fails 5 % of its requests while requests flow, waits until the guard
     /// rolls it back, prints what v3 served, then returns Git to v2.
     fn bad_release(&mut self) -> Result<()> {
-        let traffic = Traffic::start(self.ports.hello);
         let failing = Release {
             error_rate: 0.05,
             ..Release::good("v3")
         };
-        write_app(&self.repo, self.ports, &failing)?;
-        git(&self.repo, &["commit", "-qam", "Release hello v3"])?;
-        self.sync()?;
-        let app = self.wait_app("v3 rolled back: all traffic on v2", |_, a| {
-            matches!(&a.health, Health::Degraded(r) if r.contains("rolled back"))
-                && a.traffic
-                    .iter()
-                    .all(|t| t.weight == 0 || t.revision != a.revision)
-        })?;
-        let counts = traffic.finish();
-        if let Health::Degraded(reason) = &app.health {
-            println!("  {reason}");
-        }
+        let (_, counts, _) = self.rolled_back(&failing)?;
         let served = counts.answered("v3") + counts.failed;
         println!(
             "  v3 served {served} of {} requests through the proxy; {} of them failed (v2 served {})",
@@ -492,15 +492,7 @@ impl Demo {
         if served == 0 {
             bail!("v3 never received traffic, so the guard had nothing to judge");
         }
-        write_app(&self.repo, self.ports, &Release::good("v2"))?;
-        git(&self.repo, &["commit", "-qam", "Back to hello v2"])?;
-        let back = head(&self.repo)?;
-        self.sync()?;
-        let app = self.wait_app("Git back on v2, healthy", |s, a| {
-            applied(s) == back && a.health == Health::Healthy && a.ready == 2
-        })?;
-        self.check_answers(&app, "v2")?;
-        Ok(())
+        self.back_to_v2()
     }
 
     /// Commits `new-checkout` on for `percent` % of users, then evaluates it over OFREP (as an

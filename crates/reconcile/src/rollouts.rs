@@ -243,8 +243,8 @@ pub fn absorb(rollout: &mut AppRollout, app: &str, step: &engine::Step) -> Vec<A
     records
 }
 
-/// `CandidateReady` → `candidate-ready`.
-fn kebab(s: &str) -> String {
+/// An event's reason as an audit action: `CandidateReady` → `candidate-ready`.
+pub(crate) fn kebab(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 4);
     for (i, c) in s.chars().enumerate() {
         if c.is_ascii_uppercase() {

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{lock, now_ms, read, Controller};
 use crate::measure::{self, MeasureContext};
+use crate::rollouts::kebab;
 
 /// In an http probe's url, the address of one instance of the target: a probe of the target
 /// itself, past the proxy (see [`gauntlet_chaos::spec::HttpProbe`]).
@@ -1393,22 +1394,6 @@ async fn command_output(command: &[String], timeout: Duration) -> Result<(i32, S
         text.push_str(&String::from_utf8_lossy(&out.stderr));
     }
     Ok((out.status.code().unwrap_or(-1), text.trim_end().to_string()))
-}
-
-/// `FaultInjected` → `fault-injected`.
-fn kebab(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 4);
-    for (i, c) in s.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('-');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
