@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gauntlet_proxy::{admin, persist, Options, Proxy};
+use gauntlet_proxy::{admin, persist, ApplyError, Options, Proxy};
 
 use crate::paths;
 
@@ -124,12 +124,7 @@ async fn serve(
 
     let proxy = Proxy::with_workers(args.options(), workers);
     if let Some(config) = persist::load(&state_dir)? {
-        let version = config.version;
-        proxy
-            .apply(config)
-            .await
-            .with_context(|| format!("serving the persisted configuration (version {version})"))?;
-        tracing::info!(version, "serving the persisted configuration");
+        serve_persisted(&proxy, config).await;
     }
     let listener = tokio::net::TcpListener::bind(args.admin)
         .await
@@ -150,6 +145,44 @@ async fn serve(
         _ = sigterm.recv() => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves the persisted configuration, leaving out the applications that cannot be served now
+/// (an address another process took while the proxy was down, a certificate file gone): the
+/// others keep being served, and the controller's next push says what is wrong with the rest.
+async fn serve_persisted(proxy: &Proxy, mut config: gauntlet_proxy::ProxyConfig) {
+    let version = config.version;
+    // Each failure leaves out at least one application, so this ends.
+    for _ in 0..=config.apps.len() {
+        let left_out: Vec<String> = match proxy.apply(config.clone()).await {
+            Ok(()) => {
+                tracing::info!(
+                    version,
+                    apps = config.apps.len(),
+                    "serving the persisted configuration"
+                );
+                return;
+            }
+            Err(ApplyError::Bind { app, addr, source }) => {
+                tracing::error!("persisted configuration {version}: cannot listen on {addr} for app `{app}`: {source}; serving the others");
+                vec![app]
+            }
+            Err(ApplyError::Invalid(invalid)) => {
+                tracing::error!("persisted configuration {version}: {invalid}; serving the others");
+                invalid.0.iter().map(|e| e.app.clone()).collect()
+            }
+        };
+        let before = config.apps.len();
+        config
+            .apps
+            .retain(|app| !left_out.iter().any(|name| name == &app.name));
+        if config.apps.len() == before {
+            break;
+        }
+    }
+    tracing::error!(
+        "persisted configuration {version} could not be served; waiting for the controller"
+    );
 }
 
 #[cfg(test)]

@@ -296,6 +296,36 @@ fn restarted_proxy_serves_the_persisted_config_without_the_controller() {
 }
 
 #[test]
+fn a_restarted_proxy_whose_address_was_taken_serves_the_other_applications() {
+    let (_v1, v1_port) = demo_app("v1");
+    let mut proxy = ProxyProcess::start(&[]);
+    let (web, api) = (free_port(), free_port());
+    let config = json!({"version": 3, "apps": [
+        app("web", web, &[("v1", 10000, &[v1_port])]),
+        app("api", api, &[("v1", 10000, &[v1_port])]),
+    ]});
+    assert_eq!(proxy.put_config(&config).0, 200);
+
+    // While the proxy is down another process takes api's address.
+    proxy.kill9();
+    let squatter = wait_until("api's address free again", || {
+        TcpListener::bind(("127.0.0.1", api)).ok()
+    });
+    proxy.spawn();
+    wait_for_answer(web, "web still served", |status, body| {
+        status == 200 && body == "v1"
+    });
+    assert!(
+        proxy
+            .log_tail()
+            .contains(&format!("cannot listen on 127.0.0.1:{api} for app `api`")),
+        "{}",
+        proxy.log_tail()
+    );
+    drop(squatter);
+}
+
+#[test]
 fn upstream_that_is_down_answers_502_and_counts_connect_errors() {
     let proxy = ProxyProcess::start(&[]);
     let listen = free_port();

@@ -89,7 +89,7 @@ pub mod tls;
 
 pub use config::{InvalidConfig, ProxyConfig};
 pub use route::{Pick, RequestView, RouteTable};
-pub use server::{EndpointLoad, Options, Proxy};
+pub use server::{ApplyError, EndpointLoad, Options, Proxy};
 
 /// The global allocator a binary serving the proxy should install (`#[global_allocator]`):
 /// mimalloc. Forwarding a request allocates and frees a handful of small blocks (request and
