@@ -885,9 +885,17 @@ impl Engine<'_> {
         if fault.removed_ms.is_some() {
             return;
         }
-        fault.removed_ms = Some(self.now);
+        // A fault whose lease ran out (its controller was away) ended by itself then: the
+        // proxy and the agents enforce the lease without the controller.
+        let by_lease = fault.lease_expires_ms <= self.now;
+        fault.removed_ms = Some(self.now.min(fault.lease_expires_ms));
         let id = fault.id.clone();
-        self.event("FaultRemoved", id.clone());
+        let message = if by_lease {
+            format!("{id} (ended by its lease)")
+        } else {
+            id.clone()
+        };
+        self.event("FaultRemoved", message);
         self.actions.push(Action::RemoveFault { id });
     }
 
@@ -1766,6 +1774,29 @@ mod tests {
         assert_eq!(message, "the controller restarted mid-run");
         assert_eq!(sim.state.journal.rollbacks.len(), 2);
         assert!(!sim.state.journal.gate().unwrap().passed);
+    }
+
+    #[test]
+    fn a_fault_whose_lease_ran_out_while_the_controller_was_away_ended_at_its_lease() {
+        let (mut sim, method) = started(held_spec(), 0);
+        sim.confirm(200, &method);
+        let lease = sim.state.journal.faults[0].lease_expires_ms;
+        let stored = serde_json::to_vec(&sim.state).unwrap();
+        sim.state = serde_json::from_slice(&stored).unwrap();
+        // Back an hour later.
+        sim.step_at(
+            lease + 3_600_000,
+            Observations {
+                restarted: true,
+                ..observe()
+            },
+        );
+        let fault = &sim.state.journal.faults[0];
+        assert_eq!(
+            fault.removed_ms,
+            Some(lease),
+            "removed by its lease, not an hour late"
+        );
     }
 
     #[test]

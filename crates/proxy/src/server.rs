@@ -662,6 +662,9 @@ impl Proxy {
                 .and_then(|app| served.tls.get(app).cloned().flatten())
         };
         let mut client = ClientConn::new(listen, peer, worker);
+        if let Ok(local) = stream.local_addr() {
+            client.local = local;
+        }
         let Some(acceptor) = acceptor else {
             match tokio::time::timeout(deadline, sniff(&stream)).await {
                 Ok(Ok(Protocol::Http2)) => {
@@ -815,7 +818,7 @@ impl Proxy {
                 if !callers.is_empty() {
                     client
                         .owner
-                        .learn(client.peer, client.listen.port(), &callers)
+                        .learn(client.peer, client.local, &callers)
                         .await;
                 }
                 let mut caller = |pids: &[u32]| client.owner.is_any(pids);
@@ -1531,12 +1534,15 @@ struct ClientConn {
     worker: usize,
     /// Which process opened the connection, as far as faults limited to callers asked.
     owner: caller::Owner,
+    /// The connection's own address: `listen`, or an address it stands for (`0.0.0.0`).
+    local: SocketAddr,
 }
 
 impl ClientConn {
     fn new(listen: SocketAddr, peer: SocketAddr, worker: usize) -> ClientConn {
         ClientConn {
             listen,
+            local: listen,
             peer,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
             tls: false,
