@@ -662,8 +662,12 @@ impl Proxy {
                 .and_then(|app| served.tls.get(app).cloned().flatten())
         };
         let mut client = ClientConn::new(listen, peer, worker);
-        if let Ok(local) = stream.local_addr() {
-            client.local = local;
+        if listen.ip().is_unspecified() {
+            // Which of the host's addresses the client reached (one getsockname), for
+            // faults limited to callers; a specific listen address is the address.
+            if let Ok(local) = stream.local_addr() {
+                client.local = local;
+            }
         }
         let Some(acceptor) = acceptor else {
             match tokio::time::timeout(deadline, sniff(&stream)).await {
