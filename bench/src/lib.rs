@@ -4,11 +4,11 @@
 //! anchor) on this machine in the same run and prints its figures next to the anchor's, with
 //! the ratio. Nothing here asserts on time: benchmarks measure, tests check behaviour.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 /// Runs git in `repo` with a fixed identity; returns trimmed stdout.
 pub fn git(repo: &Path, args: &[&str]) -> Result<String> {
@@ -57,6 +57,44 @@ pub fn quantile(samples: &[Duration], q: f64) -> Duration {
 
 pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The `gauntlet` binary next to the running benchmark: bench binaries live beside it in
+/// `<target dir>/<profile>/`, so both must be built with the same target directory.
+pub fn gauntlet_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .map(|d| d.join("gauntlet"))
+        .ok_or_else(|| anyhow!("no parent directory"))?;
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with the same target directory \
+             (cargo build --release -p gauntlet -p gauntlet-bench)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Live processes whose environment carries `GAUNTLET_STATE_DIR={state}`: the instances a
+/// controller with that state directory started, whether or not it still runs.
+pub fn instance_processes(state: &Path) -> Vec<u32> {
+    let Ok(canonical) = std::fs::canonicalize(state) else {
+        return Vec::new();
+    };
+    let mut marker = b"GAUNTLET_STATE_DIR=".to_vec();
+    marker.extend_from_slice(canonical.as_os_str().as_encoded_bytes());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == marker.as_slice()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -22,13 +22,16 @@
 //! 3. **Delay accuracy.** `http: {delay: {latency: 50ms}}` and `{latency: 50ms, jitter: 20ms}`
 //!    at 100 %: N requests through the service port (4 kept-alive connections, each sequential)
 //!    without the fault, then with it; the added latency of a request is its latency minus the
-//!    baseline's median.
+//!    baseline's median. Configured: the fixed latency plus a whole number of ms drawn uniformly
+//!    from 0..=jitter (so 60 / 70 ms at p50 / p99 with 20 ms of jitter).
 //! 4. **Proxy overhead of fault rules that do not fire.** A standalone `gauntlet proxy
 //!    --workers 1` (pinned to CPU 0) in front of two `gauntlet demo-app`, configured over its
 //!    admin API: no rules; 10 rules on another revision (weight 0); 10 rules on the served
 //!    revision limited to callers (pids of the backends, not wrk's). `wrk -t1 -c32` (pinned to
 //!    CPU 1 with the backends), kept-alive connections and, to show the per-connection cost of
-//!    caller rules, `Connection: close`.
+//!    caller rules (the proxy reads `/proc/net/tcp` to find who opened a connection), `Connection:
+//!    close`; the sockets listed in `/proc/net/tcp` at the start of each case are printed, with
+//!    the time one read of it takes.
 //!
 //! `./chaos [all|abort|lease|delay|overhead]` (the `gauntlet` binary must sit next to this one:
 //! build both with the same target directory). Knobs: `CHAOS_ABORT_RUNS` (50),
@@ -42,7 +45,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use gauntlet_bench::git;
+use gauntlet_bench::{gauntlet_bin, git, instance_processes};
 use serde_json::{json, Value};
 
 /// The abort target: every fault removed within this of the abort request.
@@ -63,22 +66,25 @@ fn main() -> Result<()> {
     let wants = |part: &str| what == "all" || what == part;
     let bin = gauntlet_bin()?;
     println!(
-        "chaos benchmark: gauntlet {} ({}), {} CPUs, 127.0.0.1 only",
+        "chaos benchmark: gauntlet at HEAD {}, binary {} (built {} ago), {} CPUs, 127.0.0.1 only",
         version(),
         bin.display(),
+        std::fs::metadata(&bin)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map_or("?".into(), |d| format!("{:.0} min", d.as_secs_f64() / 60.0)),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    if wants("abort") || wants("delay") {
-        let bed = Bed::new(&bin, &[])?;
-        if wants("abort") {
-            abort_part(&bed)?;
-        }
-        if wants("delay") {
-            delay_part(&bed)?;
-        }
+    // Each part on a controller of its own, with a fresh state directory.
+    if wants("abort") {
+        abort_part(&Bed::new(&bin, &[])?)?;
     }
     if wants("lease") {
         lease_part(&bin)?;
+    }
+    if wants("delay") {
+        delay_part(&Bed::new(&bin, &[])?)?;
     }
     if wants("overhead") {
         overhead_part(&bin)?;
@@ -94,23 +100,6 @@ fn env_count(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn gauntlet_bin() -> Result<PathBuf> {
-    // Bench binaries live next to the gauntlet binary in <target dir>/<profile>/.
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .map(|d| d.join("gauntlet"))
-        .ok_or_else(|| anyhow!("no parent directory"))?;
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it with the same target directory \
-             (cargo build --release -p gauntlet -p gauntlet-bench)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
 fn version() -> String {
     let commit = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -121,12 +110,25 @@ fn version() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "?".into());
     let dirty = Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=no"])
+        .args([
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            "../crates",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .ok()
         .is_some_and(|o| !o.stdout.is_empty());
-    format!("{commit}{}", if dirty { "+changes" } else { "" })
+    format!(
+        "{commit}{}",
+        if dirty {
+            " (uncommitted changes in crates/ at run time)"
+        } else {
+            ""
+        }
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -543,25 +545,6 @@ impl Drop for Controller {
     }
 }
 
-/// Live processes whose environment carries this state directory (the instances it started).
-fn instance_processes(state: &Path) -> Vec<u32> {
-    let Ok(canonical) = std::fs::canonicalize(state) else {
-        return Vec::new();
-    };
-    let mut marker = b"GAUNTLET_STATE_DIR=".to_vec();
-    marker.extend_from_slice(canonical.as_os_str().as_encoded_bytes());
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == marker.as_slice()))
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The test bed: a repository with `web` and the experiments, and a controller following it
 
@@ -824,6 +807,8 @@ struct LeaseSample {
     enforced_minus_journal: Option<i64>,
     /// Between the second read of the journal and the kill.
     read_to_kill: f64,
+    /// The journal's `removedMs` after the restart minus the lease, and minus the restart.
+    journal_removed: Option<(f64, f64)>,
 }
 
 fn lease_part(bin: &Path) -> Result<()> {
@@ -845,9 +830,9 @@ fn lease_part(bin: &Path) -> Result<()> {
          removal observed as in 1 (wall clock); before each next run the controller restarts on the same state directory and the run reads Interrupted"
     );
     println!(
-        "| fault | runs | removed after lease: median | p90 | max | min | lease left at kill: min / max | lease held (agent record / proxy config) = journal's | journal read -> kill: max |"
+        "| fault | runs | removed after lease: median | p90 | max | min | lease left at kill: min / max | lease held (agent record / proxy config) = journal's | journal read -> kill: max | journal removedMs - lease: median / max | journal removedMs - restart: min / max |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (kind, samples) in &rows {
         let after: Vec<f64> = samples.iter().filter_map(|s| s.after_lease).collect();
         let missing = samples.len() - after.len();
@@ -866,8 +851,16 @@ fn lease_part(bin: &Path) -> Result<()> {
             .filter(|s| s.enforced_minus_journal.is_none())
             .count();
         let read_to_kill: Vec<f64> = samples.iter().map(|s| s.read_to_kill).collect();
+        let journal_removed: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.journal_removed.map(|r| r.0))
+            .collect();
+        let after_restart: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.journal_removed.map(|r| r.1))
+            .collect();
         println!(
-            "| {} | {}{} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} / {:.0} ms | {same} of {}{}{} | {:.1} ms |",
+            "| {} | {}{} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.0} / {:.0} ms | {same} of {}{}{} | {:.1} ms | {:.0} / {:.0} ms | {:.0} / {:.0} ms |",
             kind.label(),
             samples.len(),
             if missing > 0 {
@@ -893,6 +886,10 @@ fn lease_part(bin: &Path) -> Result<()> {
                 String::new()
             },
             q(&read_to_kill, 1.0),
+            q(&journal_removed, 0.5),
+            q(&journal_removed, 1.0),
+            q(&after_restart, 0.0),
+            q(&after_restart, 1.0),
         );
     }
     Ok(())
@@ -929,6 +926,7 @@ fn lease_once(bed: &mut Bed, kind: Kind, index: usize) -> Result<LeaseSample> {
     };
     let limit = Duration::from_millis((journal_lease as f64 - now_ms_f()).max(0.0) as u64 + 10_000);
     let seen = observe_removal(paused, &mut conn, limit).map(|_| now_ms_f());
+    let restarted_at = now_ms_f();
     bed.c.spawn()?;
     let view = bed.c.finished(&id)?;
     if view["journal"]["status"] != "interrupted" {
@@ -937,7 +935,11 @@ fn lease_once(bed: &mut Bed, kind: Kind, index: usize) -> Result<LeaseSample> {
             view["journal"]["status"], view["journal"]["message"]
         );
     }
+    let journal_removed = view["journal"]["faults"][0]["removedMs"]
+        .as_u64()
+        .map(|r| (r as f64 - journal_lease as f64, r as f64 - restarted_at));
     Ok(LeaseSample {
+        journal_removed,
         after_lease: seen.map(|s| s - journal_lease as f64),
         left_at_kill: journal_lease as f64 - killed_at,
         enforced_minus_journal: enforced.map(|e| e as i64 - journal_lease as i64),
@@ -1032,13 +1034,15 @@ fn delay_part(bed: &Bed) -> Result<()> {
          first without the fault (baseline), then under it; added = latency - baseline median"
     );
     println!(
-        "| fault | baseline p50 / p99 | under fault p50 / p99 | configured added p50 / p99 | measured added p50 / p99 | measured added min / max | error p50 / p99 | requests (not 200) |"
+        "| fault | baseline p50 / p99 | under fault p50 / p99 | configured added p50 / p99 / mean | measured added p50 / p99 / mean | measured added min / max | error p50 / p99 / mean | requests (not 200) |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for (experiment, fixed, jitter, base, base_bad, faulty, bad, added, c50, c99) in &rows {
         let (a50, a99) = (q(added, 0.5), q(added, 0.99));
+        let mean = added.iter().sum::<f64>() / added.len().max(1) as f64;
+        let c_mean = fixed + jitter / 2.0;
         println!(
-            "| {experiment}: latency {fixed:.0}ms{} | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {c50:.0} / {c99:.0} ms | {a50:.2} / {a99:.2} ms | {:.2} / {:.2} ms | {:+.2} / {:+.2} ms | {} ({}), baseline {} ({}) |",
+            "| {experiment}: latency {fixed:.0}ms{} | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {c50:.0} / {c99:.0} / {c_mean:.0} ms | {a50:.2} / {a99:.2} / {mean:.2} ms | {:.2} / {:.2} ms | {:+.2} / {:+.2} / {:+.2} ms | {} ({}), baseline {} ({}) |",
             if *jitter > 0.0 {
                 format!(", jitter {jitter:.0}ms")
             } else {
@@ -1052,6 +1056,7 @@ fn delay_part(bed: &Bed) -> Result<()> {
             q(added, 1.0),
             a50 - c50,
             a99 - c99,
+            mean - c_mean,
             faulty.len(),
             bad,
             base.len(),
@@ -1137,11 +1142,18 @@ fn pinned(cpu: usize, program: &Path) -> Command {
     }
 }
 
-/// Sockets listed in `/proc/net/tcp` (TIME_WAIT included): what a caller lookup reads.
-fn tcp_sockets() -> usize {
-    std::fs::read_to_string("/proc/net/tcp")
-        .map(|t| t.lines().count().saturating_sub(1))
-        .unwrap_or(0)
+/// Sockets listed in `/proc/net/tcp` (TIME_WAIT included), what a caller lookup reads, and
+/// the fastest of three reads of it, in ms.
+fn tcp_sockets() -> (usize, f64) {
+    let mut count = 0;
+    let mut fastest = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        fastest = fastest.min(ms(t.elapsed()));
+        count = text.lines().count().saturating_sub(1);
+    }
+    (count, fastest)
 }
 
 fn run_wrk(port: u16, seconds: u64, close: bool) -> Result<Wrk> {
@@ -1303,7 +1315,7 @@ fn overhead_part(bin: &Path) -> Result<()> {
         (Rules::Callers, true),
     ];
     let mut results: Vec<Vec<Wrk>> = cases.iter().map(|_| Vec::new()).collect();
-    let mut sockets: Vec<Vec<usize>> = cases.iter().map(|_| Vec::new()).collect();
+    let mut sockets: Vec<Vec<(usize, f64)>> = cases.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         for (i, (rules, close)) in cases.iter().enumerate() {
             eprintln!(
@@ -1328,7 +1340,7 @@ fn overhead_part(bin: &Path) -> Result<()> {
          medians over the rounds (req/s of each round in brackets)"
     );
     println!(
-        "| connections | fault rules | requests/s | ratio to no rules | p50 | p99 | non-2xx / socket errors | sockets in /proc/net/tcp at start |"
+        "| connections | fault rules | requests/s | ratio to no rules | p50 | p99 | non-2xx / socket errors | sockets in /proc/net/tcp at start (one read of it) |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     let median = |w: &[Wrk], f: &dyn Fn(&Wrk) -> f64| q(&w.iter().map(f).collect::<Vec<_>>(), 0.5);
@@ -1360,7 +1372,7 @@ fn overhead_part(bin: &Path) -> Result<()> {
             w.iter().map(|w| w.errors).sum::<u64>(),
             sockets[i]
                 .iter()
-                .map(|n| n.to_string())
+                .map(|(n, t)| format!("{n} ({t:.1} ms)"))
                 .collect::<Vec<_>>()
                 .join(", "),
         );

@@ -32,7 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use gauntlet_bench::git;
+use gauntlet_bench::{gauntlet_bin, git, instance_processes};
 use gauntlet_rollout::engine::{
     step, Action, CanarySpec, CanaryStep, Observations, PauseStep, RolloutSpec, RolloutState,
     Strategy, FULL_WEIGHT,
@@ -332,7 +332,10 @@ impl Drop for Controller {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let mut left: Vec<u64> = instance_processes(&self.state);
+        let mut left: Vec<u64> = instance_processes(&self.state)
+            .into_iter()
+            .map(u64::from)
+            .collect();
         left.extend(proxy_pid.filter(|pid| Path::new(&format!("/proc/{pid}")).exists()));
         for pid in left {
             eprintln!("killing {pid}, left running after the controller's shutdown");
@@ -341,25 +344,6 @@ impl Drop for Controller {
                 .status();
         }
     }
-}
-
-/// Live processes whose environment carries this state directory (the instances it started).
-fn instance_processes(state: &Path) -> Vec<u64> {
-    let Ok(canonical) = std::fs::canonicalize(state) else {
-        return Vec::new();
-    };
-    let mut marker = b"GAUNTLET_STATE_DIR=".to_vec();
-    marker.extend_from_slice(canonical.as_os_str().as_encoded_bytes());
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == marker.as_slice()))
-        })
-        .collect()
 }
 
 fn wait<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
@@ -380,23 +364,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn gauntlet_bin() -> Result<PathBuf> {
-    // Bench binaries live next to the gauntlet binary in <target dir>/<profile>/.
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .map(|d| d.join("gauntlet"))
-        .ok_or_else(|| anyhow!("no parent directory"))?;
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it with the same target directory \
-             (cargo build --release -p gauntlet -p gauntlet-bench)",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 fn manifest(bin: &Path, port: u16, version: &str, error_rate: f64) -> String {

@@ -14,12 +14,11 @@
 //! `cargo run --release -p gauntlet-bench --bin ofrep [-- SECONDS [CONNECTIONS [COMMITS]]]`
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use gauntlet_bench::{git, ms, quantile};
+use gauntlet_bench::{gauntlet_bin, git, ms, quantile};
 use hmac::{Mac, SimpleHmac};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -38,21 +37,6 @@ impl Drop for Killed {
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn gauntlet_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .map(|d| d.join("gauntlet"))
-        .ok_or_else(|| anyhow!("no parent directory"))?;
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it first (cargo build --release -p gauntlet)",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 fn flags(percent: u32) -> String {

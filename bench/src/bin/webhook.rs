@@ -14,12 +14,12 @@
 //! `cargo run --release -p gauntlet-bench --bin webhook [-- N [git|file]]`
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use gauntlet_bench::{git, ms, quantile};
+use gauntlet_bench::{gauntlet_bin, git, ms, quantile};
 use hmac::{Mac, SimpleHmac};
 use serde_json::Value;
 
@@ -43,22 +43,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn gauntlet_bin() -> Result<PathBuf> {
-    // bench binaries live next to the gauntlet binary in target/<profile>/.
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .map(|d| d.join("gauntlet"))
-        .ok_or_else(|| anyhow!("no parent directory"))?;
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it first (cargo build --release -p gauntlet)",
-            bin.display()
-        );
-    }
-    Ok(bin)
 }
 
 fn manifest(bin: &Path, version: usize) -> String {
