@@ -97,6 +97,29 @@ pub fn instance_processes(state: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Stops a controller with its instances, as a user would (`POST /api/v1/shutdown` with
+/// `stopInstances`), waits up to 20 s for its process to exit, and kills it if it did not.
+pub fn shut_down(
+    http: &reqwest::blocking::Client,
+    api: &str,
+    token: &str,
+    child: Option<std::process::Child>,
+) {
+    let _ = http
+        .post(format!("http://{api}/api/v1/shutdown"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"stopInstances": true}))
+        .send();
+    if let Some(mut child) = child {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,7 +45,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use gauntlet_bench::{gauntlet_bin, git, instance_processes};
+use gauntlet_bench::{gauntlet_bin, git, instance_processes, shut_down};
 use serde_json::{json, Value};
 
 /// The abort target: every fault removed within this of the abort request.
@@ -521,20 +521,12 @@ impl Drop for Controller {
             .iter()
             .filter_map(|r| r["agentPid"].as_u64())
             .collect();
-        let _ = self
-            .http
-            .post(format!("http://{}/api/v1/shutdown", self.api))
-            .bearer_auth(&self.token)
-            .json(&json!({"stopInstances": true}))
-            .send();
-        if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        shut_down(
+            &self.http,
+            &self.api.to_string(),
+            &self.token,
+            self.child.take(),
+        );
         let mut left = instance_processes(&self.state);
         left.extend(proxy_pid.map(|p| p as u32));
         left.extend(agents.into_iter().map(|p| p as u32));

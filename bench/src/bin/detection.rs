@@ -32,7 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use gauntlet_bench::{gauntlet_bin, git, instance_processes};
+use gauntlet_bench::{gauntlet_bin, git, instance_processes, shut_down};
 use gauntlet_rollout::engine::{
     step, Action, CanarySpec, CanaryStep, Observations, PauseStep, RolloutSpec, RolloutState,
     Strategy, FULL_WEIGHT,
@@ -318,20 +318,12 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         let proxy_pid = self.proxy_info().and_then(|i| i["pid"].as_u64());
-        let _ = self
-            .http
-            .post(format!("http://{}/api/v1/shutdown", self.api))
-            .bearer_auth(&self.token)
-            .json(&json!({"stopInstances": true}))
-            .send();
-        if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        shut_down(
+            &self.http,
+            &self.api.to_string(),
+            &self.token,
+            self.child.take(),
+        );
         let mut left: Vec<u64> = instance_processes(&self.state)
             .into_iter()
             .map(u64::from)
