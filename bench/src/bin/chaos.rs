@@ -45,7 +45,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use gauntlet_bench::{gauntlet_bin, git, instance_processes, shut_down};
+use gauntlet_bench::{free_port, gauntlet_bin, git, instance_processes, shut_down, wait};
 use serde_json::{json, Value};
 
 /// The abort target: every fault removed within this of the abort request.
@@ -139,26 +139,6 @@ fn now_ms_f() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64() * 1e3)
         .unwrap_or(0.0)
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Polls `f` every 20 ms until it returns `Some`, for at most `limit`.
-fn wait<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The state letter of `/proc/PID/stat` (`T` for a stopped process), `None` once it is gone.

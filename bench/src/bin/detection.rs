@@ -32,7 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use gauntlet_bench::{gauntlet_bin, git, instance_processes, shut_down};
+use gauntlet_bench::{gauntlet_bin, git, instance_processes, shut_down, wait};
 use gauntlet_rollout::engine::{
     step, Action, CanarySpec, CanaryStep, Observations, PauseStep, RolloutSpec, RolloutState,
     Strategy, FULL_WEIGHT,
@@ -335,19 +335,6 @@ impl Drop for Controller {
                 .args(["-KILL", &pid.to_string()])
                 .status();
         }
-    }
-}
-
-fn wait<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

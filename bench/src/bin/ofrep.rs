@@ -13,12 +13,11 @@
 //!
 //! `cargo run --release -p gauntlet-bench --bin ofrep [-- SECONDS [CONNECTIONS [COMMITS]]]`
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use gauntlet_bench::{gauntlet_bin, git, ms, quantile};
+use gauntlet_bench::{free_port, gauntlet_bin, git, ms, quantile};
 use hmac::{Mac, SimpleHmac};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -33,10 +32,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn flags(percent: u32) -> String {

@@ -13,13 +13,12 @@
 //!
 //! `cargo run --release -p gauntlet-bench --bin webhook [-- N [git|file]]`
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use gauntlet_bench::{gauntlet_bin, git, ms, quantile};
+use gauntlet_bench::{free_port, gauntlet_bin, git, ms, quantile};
 use hmac::{Mac, SimpleHmac};
 use serde_json::Value;
 
@@ -32,10 +31,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn now_ms() -> u64 {

@@ -290,13 +290,12 @@ spec:
     }
 
     #[test]
-    fn a_chaos_step_naming_a_declared_experiment_passes_and_is_found_by_its_application() {
+    fn a_chaos_step_naming_a_declared_experiment_passes_and_the_experiment_is_kept() {
         let state = parse(&tree(APPS, EXPERIMENT)).unwrap();
-        let of_checkout = state.experiments_of("checkout");
-        assert_eq!(of_checkout.keys().collect::<Vec<_>>(), ["kill-one"]);
-        assert_eq!(of_checkout["kill-one"], state.experiments["kill-one"]);
-        assert!(state.experiments_of("payments").is_empty());
-        assert!(state.experiments_of("ghost").is_empty());
+        assert_eq!(state.experiments.keys().collect::<Vec<_>>(), ["kill-one"]);
+        let kept = &state.experiments["kill-one"];
+        assert_eq!(kept.value.target.application, "checkout");
+        assert_eq!(kept.origin.file, "chaos.yaml");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! merged.
 //!
 //! The reconciler compares this with what runs; `apply_order` tells it which applications to
-//! bring up first, and `templates_of` and `experiments_of` which templates and experiments an
-//! application's rollout may run.
+//! bring up first, and `templates_of` which templates an application's rollout may run (its
+//! `chaos` steps name experiments of `experiments`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -65,29 +65,6 @@ impl DesiredState {
                 let name = &reference.template_name;
                 let template = self.templates.get(name)?;
                 Some((name.clone(), template.value.clone()))
-            })
-            .collect()
-    }
-
-    /// The experiments application `app`'s strategy runs in its `chaos` steps, by name: what
-    /// the rollout's `StartChaos` actions may ask for. Shared with the state, since a run keeps
-    /// the spec it started with. Empty for an unknown application or one without `chaos`
-    /// steps; in a state built by [`parse`] every name is found.
-    ///
-    /// [`parse`]: crate::parse
-    pub fn experiments_of(&self, app: &str) -> BTreeMap<String, Arc<Located<ChaosExperimentSpec>>> {
-        let Some(strategy) = self
-            .applications
-            .get(app)
-            .and_then(|declared| declared.value.spec.strategy.as_ref())
-        else {
-            return BTreeMap::new();
-        };
-        strategy::chaos_steps(strategy)
-            .into_iter()
-            .filter_map(|(_, step)| {
-                let experiment = self.experiments.get(&step.experiment)?;
-                Some((step.experiment.clone(), experiment.clone()))
             })
             .collect()
     }

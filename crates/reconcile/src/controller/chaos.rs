@@ -1334,7 +1334,7 @@ async fn spawn_agent(
     // The agent's record appears once the fault is applied or about to be; a refusal exits.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if agents::records(&cfg.faults_dir).iter().any(|r| r.id == id) {
+        if agents::record(&cfg.faults_dir, id).is_some() {
             // Reaped in the background when it ends.
             tokio::spawn(async move {
                 let _ = child.wait().await;

@@ -145,6 +145,12 @@ fn write_record(dir: &Path, record: &FaultRecord) -> Result<(), FaultError> {
     write().map_err(io_err(format!("writing {}", path.display())))
 }
 
+/// The record of agent `id`, if it has written one (and it can be read).
+pub fn record(dir: &Path, id: &str) -> Option<FaultRecord> {
+    let bytes = fs::read(record_path(dir, id)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// Every record in `dir` (unreadable ones are skipped with a warning).
 pub fn records(dir: &Path) -> Vec<FaultRecord> {
     let Ok(entries) = fs::read_dir(dir) else {
@@ -366,9 +372,7 @@ fn hold(dir: &Path, record: &FaultRecord) -> Ended {
             checked = Instant::now();
             // The controller renews a lease by rewriting the record (see `renew`); a record
             // that is gone or unreadable keeps the lease the agent has.
-            if let Ok(Ok(r)) = fs::read(record_path(dir, &record.id))
-                .map(|b| serde_json::from_slice::<FaultRecord>(&b))
-            {
+            if let Some(r) = self::record(dir, &record.id) {
                 until_ms = r.until_ms;
             }
         }
@@ -468,7 +472,7 @@ fn stop_records(dir: &Path, grace: Duration, all: Vec<FaultRecord>) -> Vec<Strin
 /// Moves the lease of agent `id` to `until_ms` (earlier or later); the agent picks it up within
 /// 100 ms. An agent that is gone is left alone: its record is for [`sweep`].
 pub fn renew(dir: &Path, id: &str, until_ms: u64) -> Result<(), FaultError> {
-    let Some(mut record) = records(dir).into_iter().find(|r| r.id == id) else {
+    let Some(mut record) = record(dir, id) else {
         return Ok(());
     };
     if !agent_alive(&record) {
