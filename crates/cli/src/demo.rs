@@ -603,7 +603,32 @@ impl Demo {
         what: &str,
         ok: impl Fn(&Status, &AppStatus) -> bool,
     ) -> Result<AppStatus> {
-        let s = self.wait_status(what, |s| s.apps.iter().any(|a| a.name == name && ok(s, a)))?;
+        // On a timeout the error says where the application was, not only what it was not.
+        let last = std::cell::RefCell::new(None);
+        let s = self
+            .wait_status(what, |s| {
+                let app = s.apps.iter().find(|a| a.name == name);
+                if let Some(a) = app {
+                    let shares: Vec<String> = a
+                        .traffic
+                        .iter()
+                        .map(|t| format!("{} {}", t.revision, t.weight))
+                        .collect();
+                    *last.borrow_mut() = Some(format!(
+                        "{name} was {:?} at revision {}, {}/{} ready, traffic [{}]",
+                        a.health,
+                        a.revision,
+                        a.ready,
+                        a.replicas,
+                        shares.join(", ")
+                    ));
+                }
+                app.is_some_and(|a| ok(s, a))
+            })
+            .map_err(|e| match last.borrow().as_ref() {
+                Some(last) => anyhow!("{e:#}; {last}"),
+                None => e,
+            })?;
         find(&s, name)
     }
 
@@ -881,9 +906,11 @@ spec:
   service:
     listen: "127.0.0.1:{hello}"
   # Every release is a canary judged request by request by the sequential guard, and must
-  # survive payments' outage before it gets half of the traffic.
+  # survive payments' outage before it gets half of the traffic. It is promoted only once the
+  # guard has accepted it: the steps' timing never lets an undecided candidate through.
   strategy:
     canary:
+      guard: {{requireAcceptance: true, beta: 0.001}}
       scaleDownDelaySeconds: 0
       abortScaleDownDelaySeconds: 0
       steps:

@@ -240,6 +240,14 @@ pub fn absorb(rollout: &mut AppRollout, app: &str, step: &engine::Step) -> Vec<A
             | RolloutAction::StartChaos { .. } => {}
         }
     }
+    // The controller's log tells a rollout's story too, without the audit log at hand.
+    for r in &records {
+        if r.action == "rollout-measured" {
+            tracing::debug!(app, action = %r.action, reason = %r.reason, "rollout event");
+        } else {
+            tracing::info!(app, action = %r.action, reason = %r.reason, "rollout event");
+        }
+    }
     records
 }
 

@@ -65,7 +65,9 @@ use serde_json::Value;
 use crate::analysis::{
     AnalysisRun, AnalysisTemplateSpec, Arg, DurationStr, Provider, RunPhase, TemplateRef,
 };
-use crate::guard::{Guard, GuardConfig, GuardEvidence, GuardTest, GuardVerdict, TrafficDelta};
+use crate::guard::{
+    Guard, GuardConfig, GuardEvidence, GuardTest, GuardVerdict, TrafficDelta, Verdict,
+};
 
 /// 100 % in the traffic units of [`Traffic`] (0.01 %).
 pub const FULL_WEIGHT: u32 = 10_000;
@@ -466,6 +468,9 @@ pub struct RolloutState {
     pub in_flight: Vec<InFlight>,
     pub chaos_started: bool,
     pub guard: Guard,
+    /// An operator promoted past the guard's `requireAcceptance` wait.
+    #[serde(default)]
+    pub guard_waived: bool,
     pub blue_green: BlueGreenState,
     pub scale_downs: Vec<ScaleDown>,
     /// The last revision rolled back; not retried while Git asks for it.
@@ -769,6 +774,7 @@ impl Engine<'_> {
         self.s.step_index = 0;
         self.s.chaos_started = false;
         self.s.guard = Guard::default();
+        self.s.guard_waived = false;
         self.s.blue_green = BlueGreenState::default();
     }
 
@@ -860,6 +866,9 @@ impl Engine<'_> {
             }
             return;
         }
+        if full || self.s.step_index >= self.steps().len() {
+            self.s.guard_waived = true;
+        }
         if full {
             self.s.step_index = self.steps().len();
         } else if self.s.step_index < self.steps().len() {
@@ -912,6 +921,41 @@ impl Engine<'_> {
 
     /// A chaos step's experiment is judging the candidate: its faults are meant to hurt, so
     /// the guard looks away until the step is over (the readings in between are dropped).
+    /// With `requireAcceptance`, true while the error test has not accepted the candidate
+    /// after the last step: the rollout waits (paused, at its last weight) and says why once.
+    fn awaiting_acceptance(&mut self) -> bool {
+        let Some(cfg) = self.canary().map(|c| c.guard.clone()) else {
+            return false;
+        };
+        if !cfg.enabled
+            || !cfg.require_acceptance
+            || self.s.guard_waived
+            || self.s.guard.errors.verdict() == Verdict::Accept
+        {
+            return false;
+        }
+        if self.s.pause.is_none() {
+            let ev = self.s.guard.evidence(&cfg).errors;
+            self.s.pause = Some(Pause {
+                reason: "steps done: waiting for the guard to accept the candidate \
+                         (requireAcceptance)"
+                    .into(),
+                deadline_ms: None,
+                by_operator: false,
+            });
+            self.event(
+                None,
+                "AwaitingGuard",
+                format!(
+                    "steps done; the error test has judged {} requests ({} failed, llr {:.2}) \
+                     and accepts at ≤ {:.2}",
+                    ev.requests, ev.events, ev.llr, ev.lower
+                ),
+            );
+        }
+        true
+    }
+
     fn in_chaos_step(&self) -> bool {
         self.s.chaos_started
             && matches!(
@@ -991,7 +1035,9 @@ impl Engine<'_> {
                 return;
             }
             let Some(step) = self.steps().get(self.s.step_index).cloned() else {
-                self.complete();
+                if !self.awaiting_acceptance() {
+                    self.complete();
+                }
                 return;
             };
             let index = self.s.step_index;
@@ -1617,6 +1663,72 @@ mod tests {
         assert_eq!((ev.errors.requests, ev.errors.events), (20, 2));
         assert!(ev.errors.llr >= ev.errors.upper);
         assert_eq!(s.state.phase, Phase::Degraded);
+    }
+
+    fn waiting_for_the_guard() -> RolloutSpec {
+        spec(json!({"canary": {
+            "steps": [{"setWeight": 50}],
+            "guard": {"requireAcceptance": true},
+        }}))
+    }
+
+    fn completed(actions: &[Action]) -> bool {
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Completed { .. }))
+    }
+
+    #[test]
+    fn with_require_acceptance_the_last_step_waits_for_the_error_test_to_accept() {
+        let spec = waiting_for_the_guard();
+        let s = step(&spec, &stable_state(&spec), &obs(CANDIDATE), 1_000);
+        assert!(!completed(&s.actions), "no evidence yet");
+        assert_eq!(s.state.phase, Phase::Paused);
+        let reason = &s.state.pause.as_ref().unwrap().reason;
+        assert!(reason.contains("waiting for the guard"), "{reason}");
+        assert_eq!(traffic(&s.actions), [&weight(5_000)], "at its last weight");
+        // Twenty good requests are not enough to accept against a 5 % alternative.
+        let s = step(&spec, &s.state, &bad_reading(20, 0), 1_250);
+        assert!(!completed(&s.actions));
+        assert_eq!(s.state.step_index, 1);
+        // A few hundred are: the error test crosses its lower boundary and the rollout ends.
+        let s = step(&spec, &s.state, &bad_reading(400, 0), 1_500);
+        assert!(completed(&s.actions), "{:?}", s.state.guard.errors);
+        assert_eq!(s.state.stable.as_deref(), Some(CANDIDATE));
+        assert_eq!(s.state.phase, Phase::Healthy);
+    }
+
+    #[test]
+    fn with_require_acceptance_a_bad_candidate_waits_and_is_rolled_back_not_promoted() {
+        let spec = waiting_for_the_guard();
+        let mut s = step(&spec, &stable_state(&spec), &obs(CANDIDATE), 1_000);
+        // One failure in 80 (1.25 %, against 0.1 % and 5 %): neither boundary is crossed for
+        // a while, and the time the steps took no longer matters.
+        for i in 0..5 {
+            s = step(&spec, &s.state, &bad_reading(80, 1), 2_000 + i * 1_000_000);
+            assert!(
+                !completed(&s.actions),
+                "promoted while undecided at reading {i}"
+            );
+        }
+        let s = step(&spec, &s.state, &bad_reading(40, 4), 9_000_000);
+        assert!(!completed(&s.actions));
+        assert_eq!(traffic(&s.actions), [&stable_only()], "rolled back");
+        assert_eq!(s.state.phase, Phase::Degraded);
+    }
+
+    #[test]
+    fn an_operators_promote_ends_the_wait_for_the_guard_and_a_new_candidate_waits_again() {
+        let spec = waiting_for_the_guard();
+        let s = step(&spec, &stable_state(&spec), &obs(CANDIDATE), 1_000);
+        assert!(!completed(&s.actions));
+        let s = step(&spec, &s.state, &cmd(CommandKind::Promote), 2_000);
+        assert!(completed(&s.actions), "promote ends the wait");
+        assert!(!s.state.guard_waived, "the waiver goes with the candidate");
+        // Without requireAcceptance the steps alone decide.
+        let plain = canary(json!([{"setWeight": 50}]));
+        let s = step(&plain, &stable_state(&plain), &obs(CANDIDATE), 1_000);
+        assert!(completed(&s.actions));
     }
 
     fn measure_actions(actions: &[Action]) -> Vec<(RunKey, String)> {

@@ -172,6 +172,12 @@ pub struct GuardConfig {
     pub alpha: f64,
     /// Probability of promoting a bad one (of crossing the lower boundary first).
     pub beta: f64,
+    /// When the steps are done, the candidate is promoted only once the error test has
+    /// accepted it (crossed the lower boundary); until then the rollout waits at its last
+    /// weight and the guard keeps judging. Without it the steps' durations decide, and a bad
+    /// candidate that has not yet shown enough failures is promoted (the test is cut short,
+    /// so β no longer bounds that). An operator's `promote` ends the wait.
+    pub require_acceptance: bool,
     pub latency: LatencyGuardConfig,
 }
 
@@ -186,6 +192,7 @@ impl Default for GuardConfig {
             min_stable_requests: 1_000,
             alpha: 0.01,
             beta: 0.01,
+            require_acceptance: false,
             latency: LatencyGuardConfig::default(),
         }
     }
