@@ -127,6 +127,17 @@ cpu_ticks() {
     echo "$total"
 }
 
+# CPU ticks of a process and its children: "user system".
+cpu_split() {
+    local pid=$1 user=0 system=0 p u st
+    for p in "$pid" $(pgrep -P "$pid" || true); do
+        read -r u st < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
+        user=$((user + ${u:-0}))
+        system=$((system + ${st:-0}))
+    done
+    echo "$user $system"
+}
+
 # wrk latency figure ("355.00us", "1.20ms", "2.00s") in milliseconds.
 to_ms() {
     awk -v v="$1" 'BEGIN {
@@ -293,7 +304,7 @@ verify_split() {
     awk -v a="$v1" -v b="$v2" 'BEGIN { printf "%d/%d (%.1f%% v2)", a, b, 100 * b / (a + b) }'
 }
 
-declare -A RPS P50 P99 MEM CPU SPLIT CONNS
+declare -A RPS P50 P99 MEM CPU SPLIT CONNS USR SYS
 
 # Connections the nginx backend has accepted so far (its stub_status, this query included), or
 # "-" for demo-app.
@@ -308,7 +319,7 @@ backend_accepts() {
 run_wrk() { taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$1" --latency "http://127.0.0.1:$2/"; }
 
 measure() {
-    local name=$1 out t0 t1 hz secs a0 a1
+    local name=$1 out t0 t1 hz secs a0 a1 u0 s0 u1 s1 n
     "start_$name"
     wait_http "$PROXY_PORT"
     SPLIT[$name]=$(verify_split "$PROXY_PORT")
@@ -317,7 +328,9 @@ measure() {
     log "$name: wrk -t1 -c$CONNECTIONS -d$DURATION --latency"
     a0=$(backend_accepts)
     t0=$(cpu_ticks "$PROXY_PID")
+    read -r u0 s0 < <(cpu_split "$PROXY_PID")
     out=$(run_wrk "$DURATION" "$PROXY_PORT")
+    read -r u1 s1 < <(cpu_split "$PROXY_PID")
     t1=$(cpu_ticks "$PROXY_PID")
     a1=$(backend_accepts)
     if [ "$a0" = - ]; then CONNS[$name]=-; else CONNS[$name]=$((a1 - a0 - 1)); fi
@@ -331,6 +344,11 @@ measure() {
     MEM[$name]=$(peak_kb "$PROXY_PID")
     hz=$(getconf CLK_TCK)
     secs=$(to_ms "$DURATION")
+    # CPU time per request, user and system: what the proxy spends on one request whatever
+    # else the machine does, so it varies far less from one run to the next than requests/s.
+    n=$(awk '/requests in/ {print $1; exit}' <<<"$out")
+    USR[$name]=$(awk -v d=$((u1 - u0)) -v hz="$hz" -v n="${n:-0}" 'BEGIN { printf "%.2f", (n > 0 ? 1e6 * d / hz / n : 0) }')
+    SYS[$name]=$(awk -v d=$((s1 - s0)) -v hz="$hz" -v n="${n:-0}" 'BEGIN { printf "%.2f", (n > 0 ? 1e6 * d / hz / n : 0) }')
     CPU[$name]=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v ms="$secs" 'BEGIN { printf "%.0f", 100 * d / hz / (ms / 1000) }')
     stop "$PROXY_PID"
 }
@@ -344,7 +362,7 @@ BACKEND_RPS=$(run_wrk "$WARMUP" "$V1_PORT" | awk '/^Requests\/sec:/ {printf "%.0
 log "backend alone (wrk and backend sharing CPU $LOAD_CPU): $BACKEND_RPS req/s"
 
 PROXIES=(nginx haproxy gauntlet)
-declare -A ALL_RPS ALL_P50 ALL_P99
+declare -A ALL_RPS ALL_P50 ALL_P99 ALL_USR ALL_SYS
 for round in $(seq 1 "$ROUNDS"); do
     # Rotate the order: round 1 nginx first, round 2 haproxy first, round 3 gauntlet first...
     shift_by=$(((round - 1) % 3))
@@ -355,11 +373,20 @@ for round in $(seq 1 "$ROUNDS"); do
         ALL_RPS[$proxy]+="${RPS[$proxy]} "
         ALL_P50[$proxy]+="${P50[$proxy]} "
         ALL_P99[$proxy]+="${P99[$proxy]} "
+        ALL_USR[$proxy]+="${USR[$proxy]} "
+        ALL_SYS[$proxy]+="${SYS[$proxy]} "
     done
     printf 'round %d: requests/s nginx %s, haproxy %s, gauntlet %s; gauntlet/nginx %s, gauntlet/haproxy %s\n' \
         "$round" "${RPS[nginx]}" "${RPS[haproxy]}" "${RPS[gauntlet]}" \
         "$(awk -v g="${RPS[gauntlet]}" -v o="${RPS[nginx]}" 'BEGIN { printf "%.2fx", g / o }')" \
         "$(awk -v g="${RPS[gauntlet]}" -v o="${RPS[haproxy]}" 'BEGIN { printf "%.2fx", g / o }')" \
+        >>"$WORK/rounds.txt"
+    printf '         CPU us/request (user+system) nginx %s, haproxy %s, gauntlet %s; gauntlet/nginx %s, gauntlet/haproxy %s\n' \
+        "$(awk -v u="${USR[nginx]}" -v s="${SYS[nginx]}" 'BEGIN { printf "%.2f+%.2f", u, s }')" \
+        "$(awk -v u="${USR[haproxy]}" -v s="${SYS[haproxy]}" 'BEGIN { printf "%.2f+%.2f", u, s }')" \
+        "$(awk -v u="${USR[gauntlet]}" -v s="${SYS[gauntlet]}" 'BEGIN { printf "%.2f+%.2f", u, s }')" \
+        "$(awk -v a="${USR[gauntlet]}" -v b="${SYS[gauntlet]}" -v c="${USR[nginx]}" -v d="${SYS[nginx]}" 'BEGIN { printf "%.2fx", (a + b) / (c + d) }')" \
+        "$(awk -v a="${USR[gauntlet]}" -v b="${SYS[gauntlet]}" -v c="${USR[haproxy]}" -v d="${SYS[haproxy]}" 'BEGIN { printf "%.2fx", (a + b) / (c + d) }')" \
         >>"$WORK/rounds.txt"
 done
 
@@ -370,6 +397,8 @@ for proxy in "${PROXIES[@]}"; do
     RPS[$proxy]=$(median "${ALL_RPS[$proxy]}")
     P50[$proxy]=$(median "${ALL_P50[$proxy]}")
     P99[$proxy]=$(median "${ALL_P99[$proxy]}")
+    USR[$proxy]=$(median "${ALL_USR[$proxy]}")
+    SYS[$proxy]=$(median "${ALL_SYS[$proxy]}")
 done
 
 echo
@@ -381,17 +410,19 @@ echo
 cat "$WORK/rounds.txt"
 echo
 echo "medians over the rounds (CPU, memory, connections and split: the last round)"
-printf '%-10s %12s %10s %10s %9s %11s %9s  %s\n' proxy "requests/s" "p50 ms" "p99 ms" "proxy CPU" "peak RSS MB" "upstr.conn" "split v1/v2 (check)"
+printf '%-10s %12s %10s %10s %9s %13s %11s %9s  %s\n' proxy "requests/s" "p50 ms" "p99 ms" "proxy CPU" "us/req usr+sys" "peak RSS MB" "upstr.conn" "split v1/v2 (check)"
 for proxy in "${PROXIES[@]}"; do
-    printf '%-10s %12s %10s %10s %8s%% %11s %9s  %s\n' "$proxy" "${RPS[$proxy]}" "${P50[$proxy]}" \
-        "${P99[$proxy]}" "${CPU[$proxy]}" "$(awk -v k="${MEM[$proxy]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
+    printf '%-10s %12s %10s %10s %8s%% %14s %11s %9s  %s\n' "$proxy" "${RPS[$proxy]}" "${P50[$proxy]}" \
+        "${P99[$proxy]}" "${CPU[$proxy]}" "${USR[$proxy]}+${SYS[$proxy]}" "$(awk -v k="${MEM[$proxy]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
         "${CONNS[$proxy]}" "${SPLIT[$proxy]}"
 done
 echo
 for other in nginx haproxy; do
     awk -v g="${RPS[gauntlet]}" -v o="${RPS[$other]}" -v gp="${P99[gauntlet]}" -v op="${P99[$other]}" \
-        -v gm="${MEM[gauntlet]}" -v om="${MEM[$other]}" -v name="$other" 'BEGIN {
-        printf "gauntlet / %-8s throughput %.2fx   p99 %.2fx (lower is better)   memory %.2fx\n",
-            name, g / o, (op > 0 ? gp / op : 0), (om > 0 ? gm / om : 0) }'
+        -v gm="${MEM[gauntlet]}" -v om="${MEM[$other]}" -v name="$other" \
+        -v gc="$(awk -v u="${USR[gauntlet]}" -v s="${SYS[gauntlet]}" 'BEGIN { print u + s }')" \
+        -v oc="$(awk -v u="${USR[$other]}" -v s="${SYS[$other]}" 'BEGIN { print u + s }')" 'BEGIN {
+        printf "gauntlet / %-8s throughput %.2fx   p99 %.2fx (lower is better)   memory %.2fx   CPU per request %.2fx (lower is better)\n",
+            name, g / o, (op > 0 ? gp / op : 0), (om > 0 ? gm / om : 0), (oc > 0 ? gc / oc : 0) }'
 done
 echo "targets: throughput >= 1.0x both, p99 no worse, gauntlet peak RSS < 30 MB ($(awk -v k="${MEM[gauntlet]}" 'BEGIN { printf "%.1f", k / 1024 }') MB)"
