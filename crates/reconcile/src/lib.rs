@@ -8,6 +8,7 @@
 //! or user that caused it. Level-triggered and idempotent: a crash between two actions is
 //! repaired by the next plan.
 
+pub mod command;
 pub mod controller;
 pub mod foreign;
 pub mod live;

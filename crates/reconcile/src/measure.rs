@@ -38,7 +38,6 @@
 //! Timeouts default to 10 s for prometheus and web and to 30 s for command.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -47,7 +46,6 @@ use gauntlet_rollout::analysis::{
 };
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::live::{Readings, RevisionRates, WINDOW};
 
@@ -55,8 +53,6 @@ use crate::live::{Readings, RevisionRates, WINDOW};
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default timeout of a command measurement.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-/// How much of a command's stdout and of its stderr is kept (the last bytes).
-pub const OUTPUT_LIMIT: usize = 64 * 1024;
 
 /// What a measurement may need to know about the application being rolled out.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -419,55 +415,20 @@ fn kind(v: &Value) -> &'static str {
 
 async fn command(p: &CommandProvider) -> Result<Value, String> {
     let (timeout, timeout_text) = timeout_of(&p.timeout, COMMAND_TIMEOUT);
-    let (program, args) = p
-        .command
-        .split_first()
-        .ok_or_else(|| "the command is empty".to_string())?;
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // A group of its own, so a timeout ends everything the command started.
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run `{program}`: {e}"))?;
-    let pgid = child.id();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let run = async {
-        let (out, err, status) = tokio::join!(tail(stdout), tail(stderr), child.wait());
-        (out, err, status)
-    };
-    let outcome = tokio::time::timeout(timeout, run).await;
-    let (out, err, status) = match outcome {
-        Ok(done) => done,
-        Err(_) => {
-            // The leader is not reaped yet, so its pid still names our group.
-            if let Some(pgid) = pgid {
-                kill_group(pgid);
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-            return Err(format!(
-                "`{program}` did not finish within the timeout ({timeout_text}): killed"
-            ));
-        }
-    };
-    let status = status.map_err(|e| format!("waiting for `{program}`: {e}"))?;
-    if !status.success() {
-        let err = String::from_utf8_lossy(&err);
+    let done = crate::command::run(&p.command, timeout, &timeout_text).await?;
+    if !done.status.success() {
+        let err = String::from_utf8_lossy(&done.stderr);
         let err = err.trim();
-        let stderr_tail = &err[err.len() - tail_len(err, 1024)..];
+        let stderr_tail = &err[err.len() - crate::command::tail_len(err, 1024)..];
         tracing::warn!(
             command = ?p.command,
-            exit = %gauntlet_runtime::local::os::describe_exit(status),
+            exit = %gauntlet_runtime::local::os::describe_exit(done.status),
             stderr = stderr_tail,
             "analysis command failed: the measurement is false"
         );
         return Ok(Value::Bool(false));
     }
-    Ok(command_value(&String::from_utf8_lossy(&out)))
+    Ok(command_value(&String::from_utf8_lossy(&done.stdout)))
 }
 
 /// The value of a successful command's stdout.
@@ -483,40 +444,6 @@ fn command_value(stdout: &str) -> Value {
         .find(|l| !l.is_empty())
         .and_then(|l| serde_json::from_str(l).ok())
         .unwrap_or(Value::Bool(true))
-}
-
-/// The byte length of the longest suffix of `s` of at most `max` bytes on a char boundary.
-fn tail_len(s: &str, max: usize) -> usize {
-    let mut start = s.len().saturating_sub(max);
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    s.len() - start
-}
-
-/// Reads `r` to its end, keeping the last [`OUTPUT_LIMIT`] bytes.
-async fn tail(r: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let Some(mut r) = r else { return kept };
-    let mut chunk = [0u8; 8192];
-    while let Ok(n @ 1..) = r.read(&mut chunk).await {
-        kept.extend_from_slice(&chunk[..n]);
-        if kept.len() > OUTPUT_LIMIT {
-            kept.drain(..kept.len() - OUTPUT_LIMIT);
-        }
-    }
-    kept
-}
-
-fn kill_group(pgid: u32) {
-    // kill(-0) would signal our own group and kill(-1) everything we may signal.
-    let Some(pgid) = libc::pid_t::try_from(pgid).ok().filter(|p| *p > 1) else {
-        return;
-    };
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
 }
 
 #[cfg(test)]

@@ -1376,24 +1376,16 @@ async fn run_command(command: &[String], timeout_ms: u64) -> Result<String, Stri
     }
 }
 
+/// Runs a probe's, action's or rollback's command (see [`crate::command`]): its exit code
+/// and its output, stdout then stderr.
 async fn command_output(command: &[String], timeout: Duration) -> Result<(i32, String), String> {
-    let (program, args) = command
-        .split_first()
-        .ok_or_else(|| "an empty command".to_string())?;
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(timeout, child)
-        .await
-        .map_err(|_| format!("`{program}` did not finish within {timeout:?}"))?
-        .map_err(|e| format!("`{program}`: {e}"))?;
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.stderr.is_empty() {
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
+    let text = humantime::format_duration(timeout).to_string();
+    let done = crate::command::run(command, timeout, &text).await?;
+    let mut out = String::from_utf8_lossy(&done.stdout).into_owned();
+    if !done.stderr.is_empty() {
+        out.push_str(&String::from_utf8_lossy(&done.stderr));
     }
-    Ok((out.status.code().unwrap_or(-1), text.trim_end().to_string()))
+    Ok((done.status.code().unwrap_or(-1), out.trim_end().to_string()))
 }
 
 #[cfg(test)]
