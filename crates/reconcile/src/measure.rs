@@ -171,7 +171,7 @@ fn timeout_of(d: &Option<DurationStr>, default: Duration) -> (Duration, String) 
     }
 }
 
-fn request_error(what: &str, timeout: &str, e: reqwest::Error) -> String {
+pub(crate) fn request_error(what: &str, timeout: &str, e: reqwest::Error) -> String {
     if e.is_timeout() {
         format!("{what}: no answer within the timeout ({timeout})")
     } else {

@@ -1038,7 +1038,11 @@ impl<R: Runtime + Clone> Controller<R> {
                 request = request.body(body.clone());
             }
             let started = Instant::now();
-            let response = request.send().await.map_err(|e| e.to_string())?;
+            let response = request.send().await.map_err(|e| {
+                // reqwest's own message hides the cause (a timeout reads "error sending request").
+                let timeout = humantime::format_duration(timeout).to_string();
+                measure::request_error(&format!("{} {url}", http.method), &timeout, e)
+            })?;
             let status = response.status().as_u16();
             let body = response.text().await.unwrap_or_default();
             return Ok(ProbeOutput::Http {
