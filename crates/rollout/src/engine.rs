@@ -919,23 +919,21 @@ impl Engine<'_> {
         }
     }
 
-    /// A chaos step's experiment is judging the candidate: its faults are meant to hurt, so
-    /// the guard looks away until the step is over (the readings in between are dropped).
     /// With `requireAcceptance`, true while the error test has not accepted the candidate
     /// after the last step: the rollout waits (paused, at its last weight) and says why once.
     fn awaiting_acceptance(&mut self) -> bool {
-        let Some(cfg) = self.canary().map(|c| c.guard.clone()) else {
+        let Some(cfg) = self
+            .canary()
+            .map(|c| &c.guard)
+            .filter(|g| g.enabled && g.require_acceptance)
+        else {
             return false;
         };
-        if !cfg.enabled
-            || !cfg.require_acceptance
-            || self.s.guard_waived
-            || self.s.guard.errors.verdict() == Verdict::Accept
-        {
+        if self.s.guard_waived || self.s.guard.errors.verdict() == Verdict::Accept {
             return false;
         }
         if self.s.pause.is_none() {
-            let ev = self.s.guard.evidence(&cfg).errors;
+            let ev = self.s.guard.evidence(cfg).errors;
             self.s.pause = Some(Pause {
                 reason: "steps done: waiting for the guard to accept the candidate \
                          (requireAcceptance)"
@@ -956,6 +954,8 @@ impl Engine<'_> {
         true
     }
 
+    /// A chaos step's experiment is judging the candidate: its faults are meant to hurt, so
+    /// the guard looks away until the step is over (the readings in between are dropped).
     fn in_chaos_step(&self) -> bool {
         self.s.chaos_started
             && matches!(
