@@ -77,7 +77,7 @@ fn setup_with(
     repo.commit("web and its experiments");
     let c = Controller::start(repo.path().to_str().unwrap(), flags);
     c.wait_healthy("web", u64::from(replicas));
-    wait_until("web answers through the proxy", || {
+    c.wait_until("web answers through the proxy", || {
         (status(port) == Some(200)).then_some(())
     });
     (repo, c, port)
@@ -100,7 +100,7 @@ fn an_http_abort_fault_that_breaks_the_hypothesis_is_stopped_by_the_continuous_c
     repo.commit("web and an experiment");
     let c = Controller::start(repo.path().to_str().unwrap(), &[]);
     c.wait_healthy("web", 1);
-    wait_until("web answers", || (status(port) == Some(200)).then_some(()));
+    c.wait_until("web answers", || (status(port) == Some(200)).then_some(()));
 
     let id = start(&c, "abort-all");
     let run = finished(&c, &id);

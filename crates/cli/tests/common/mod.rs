@@ -39,12 +39,30 @@ pub fn wait_until_or<T>(
     }
 }
 
+/// A port on 127.0.0.1 that nothing listens on now, for an address a test writes into a
+/// manifest. It is drawn below the kernel's ephemeral range, where `bind(0)` (the runtime's
+/// instance ports, other tests' listeners) and outgoing connections never land, so another
+/// test running beside this one cannot take it before this test's controller binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    static DRAWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    const LOWEST: u16 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = u64::from(ephemeral.saturating_sub(LOWEST).max(1));
+    // RandomState is seeded per process, so concurrent test binaries draw differently.
+    let seed = std::collections::hash_map::RandomState::new();
+    for _ in 0..1_000 {
+        let mut h = seed.build_hasher();
+        h.write_u64(DRAWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let port = LOWEST + (h.finish() % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {LOWEST} and {ephemeral} after 1,000 draws");
 }
 
 /// A Git repository made with the git CLI.
