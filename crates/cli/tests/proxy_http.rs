@@ -497,3 +497,269 @@ fn an_http2_connection_idle_after_its_request_is_closed_at_the_idle_timeout() {
     let data = frames.iter().position(|(kind, _, _)| *kind == 0x0);
     assert!(goaway > data, "no GOAWAY after the answer among {frames:?}");
 }
+
+/// An upstream on 127.0.0.1 that answers the n-th request it reads, on whatever connection,
+/// with the n-th of `answers` (the last one once they run out), written as raw bytes; with
+/// `close_after`, each connection answers one request and closes when the next one arrives,
+/// without answering it or saying it would close, as an instance whose keep-alive timeout
+/// races a request does. It always closes after an answer framed by neither `Content-Length`
+/// nor chunks. Request
+/// bodies are read by `Content-Length`. Its threads end when the test process does.
+/// A proxy serving one application, `web`, on a port of its own with one endpoint at
+/// 127.0.0.1:`upstream`; returns the proxy and the port.
+fn proxy_in_front_of(upstream: u16) -> (Proxy, u16) {
+    let proxy = Proxy::start(&[]);
+    let listen = free_port();
+    let config = json!({"version": 1, "apps": [app("web", listen, &[("v1", 10000, &[upstream])])]});
+    assert_eq!(proxy.put_config(&config).0, 200);
+    (proxy, listen)
+}
+
+/// A plain HTTP/1.1 request for `web`.
+const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: web\r\n\r\n";
+
+fn scripted_upstream(answers: Vec<&'static str>, close_after: bool) -> u16 {
+    use std::io::{BufRead, BufReader};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("an upstream port");
+    let port = listener.local_addr().expect("bound").port();
+    let served = Arc::new(AtomicUsize::new(0));
+    let answers = Arc::new(answers);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (served, answers) = (Arc::clone(&served), Arc::clone(&answers));
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        let line = line.trim_end().to_ascii_lowercase();
+                        if line.is_empty() {
+                            break;
+                        }
+                        if let Some(n) = line.strip_prefix("content-length: ") {
+                            length = n.parse().expect("a length");
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let n = served.fetch_add(1, Ordering::SeqCst);
+                    let answer = answers[n.min(answers.len() - 1)];
+                    // An answer framed by neither length nor chunks ends at the close.
+                    let framed = ["content-length", "chunked"]
+                        .iter()
+                        .any(|f| answer.to_ascii_lowercase().contains(f));
+                    if reader.get_mut().write_all(answer.as_bytes()).is_err() || !framed {
+                        return;
+                    }
+                    if close_after {
+                        // The next request arrives and the connection closes unanswered.
+                        let _ = reader.read_line(&mut String::new());
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Reads one answer from `stream` into `pending` and returns its head and body bytes (the
+/// chunked framing kept). The body is framed by `Content-Length`, chunked (up to the empty
+/// line after the last chunk), absent for `head_request`, or runs to the connection's close.
+fn read_answer(
+    stream: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    head_request: bool,
+) -> (String, Vec<u8>) {
+    let mut buffer = [0u8; 4096];
+    let mut fill = |pending: &mut Vec<u8>| -> bool {
+        match stream.read(&mut buffer) {
+            Ok(0) => false,
+            Ok(n) => {
+                pending.extend_from_slice(&buffer[..n]);
+                true
+            }
+            Err(e) => panic!(
+                "no answer ({e}) after {:?}",
+                String::from_utf8_lossy(pending)
+            ),
+        }
+    };
+    let head_end = loop {
+        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        assert!(
+            fill(pending),
+            "closed inside a head: {:?}",
+            String::from_utf8_lossy(pending)
+        );
+    };
+    let head = String::from_utf8_lossy(&pending[..head_end]).to_ascii_lowercase();
+    pending.drain(..head_end);
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(|n| n.trim().parse::<usize>().expect("a length"));
+    let end = if head_request || head.starts_with("http/1.1 1") {
+        0
+    } else if head.contains("transfer-encoding: chunked") {
+        loop {
+            if let Some(i) = pending.windows(7).position(|w| w == b"\r\n0\r\n\r\n") {
+                break i + 7;
+            }
+            assert!(fill(pending), "closed inside a chunked body");
+        }
+    } else if let Some(length) = length {
+        while pending.len() < length {
+            assert!(fill(pending), "closed inside a body");
+        }
+        length
+    } else {
+        while fill(pending) {}
+        pending.len()
+    };
+    let body = pending.drain(..end).collect();
+    (head, body)
+}
+
+/// A raw HTTP/1.1 connection to the proxy and what it has received but not yet read.
+struct RawClient {
+    stream: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl RawClient {
+    fn new(port: u16) -> RawClient {
+        RawClient {
+            stream: raw(port, Duration::from_secs(20)),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Sends `request` and reads one answer (see [`read_answer`]).
+    fn ask(&mut self, request: &[u8], head_request: bool) -> (String, Vec<u8>) {
+        self.stream.write_all(request).expect("sent");
+        self.answer(head_request)
+    }
+
+    /// Reads the next answer (see [`read_answer`]).
+    fn answer(&mut self, head_request: bool) -> (String, Vec<u8>) {
+        read_answer(&mut self.stream, &mut self.pending, head_request)
+    }
+}
+
+#[test]
+fn answers_in_every_framing_reach_a_kept_alive_client_intact_and_in_order() {
+    let upstream = scripted_upstream(
+        vec![
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nKeep-Alive: timeout=5\r\nx-kept: 1\r\ncontent-length: 4\r\n\r\nkept",
+            "HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 5\r\n\r\nfinal",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none",
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo",
+            "HTTP/1.1 200 OK\r\n\r\nuntil the close",
+        ],
+        false,
+    );
+    let (_proxy, listen) = proxy_in_front_of(upstream);
+
+    let mut client = RawClient::new(listen);
+    let get = GET;
+
+    let (head, body) = client.ask(get, false);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+
+    let (head, body) = client.ask(get, false);
+    assert!(head.contains("x-kept: 1"), "{head}");
+    for hop in ["x-hop", "keep-alive", "connection"] {
+        assert!(!head.contains(hop), "{hop} reached the client: {head}");
+    }
+    assert_eq!(body, b"kept");
+
+    let (head, _) = client.ask(get, false);
+    assert!(
+        head.starts_with("http/1.1 103") && head.contains("link: </a.css>"),
+        "{head}"
+    );
+    let (head, body) = client.answer(false);
+    assert!(head.starts_with("http/1.1 201"), "{head}");
+    assert_eq!(body, b"final");
+
+    let (head, body) = client.ask(b"HEAD / HTTP/1.1\r\nhost: web\r\n\r\n", true);
+    assert!(head.contains("content-length: 5"), "{head}");
+    assert!(body.is_empty());
+
+    // Two requests in one write (pipelined) are answered in order.
+    assert_eq!(client.ask(&[get, get].concat(), false).1, b"one");
+    assert_eq!(client.answer(false).1, b"two");
+
+    // A body that runs to the upstream's close ends the client's connection with it.
+    let (head, body) = client.ask(get, false);
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body, b"until the close");
+}
+
+#[test]
+fn an_instance_that_closes_kept_alive_connections_as_requests_arrive_fails_no_request() {
+    // Every pooled connection is closed by the instance when it is used again, after the
+    // request was sent: the request must go again on another connection.
+    let upstream = scripted_upstream(vec!["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], true);
+    let (proxy, listen) = proxy_in_front_of(upstream);
+    let client = http();
+    for i in 0..200 {
+        let response = client
+            .get(format!("http://127.0.0.1:{listen}/"))
+            .send()
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(response.status(), 200, "request {i}");
+        assert_eq!(response.text().expect("a body"), "ok");
+    }
+    let metrics = proxy.get_admin("/admin/v1/metrics");
+    let counted = &metrics["revisions"][0]["metrics"];
+    assert_eq!(counted["requests"], 200, "{metrics}");
+    assert_eq!(counted["connectErrors"], 0, "{metrics}");
+}
+
+#[test]
+fn a_connection_moves_to_the_full_path_for_a_chunked_body_and_keeps_being_served() {
+    let (_v1, v1_port) = demo_app("v1");
+    let (proxy, listen) = proxy_in_front_of(v1_port);
+    let mut client = RawClient::new(listen);
+    let get = GET;
+    let (head, body) = client.ask(get, false);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(String::from_utf8_lossy(&body).trim(), "v1");
+    // A chunked request body, which only hyper's path streams, then plain requests again,
+    // all three in one write.
+    let post =
+        b"POST / HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    for i in 0..3 {
+        let (head, _) = if i == 0 {
+            client.ask(&[&post[..], get, get].concat(), false)
+        } else {
+            client.answer(false)
+        };
+        assert!(head.starts_with("http/1.1 "), "{head}");
+        assert!(!head.starts_with("http/1.1 5"), "{head}");
+    }
+    let (_, body) = client.ask(get, false);
+    assert_eq!(String::from_utf8_lossy(&body).trim(), "v1");
+    let metrics = proxy.get_admin("/admin/v1/metrics");
+    assert_eq!(
+        metrics["revisions"][0]["metrics"]["requests"], 5,
+        "{metrics}"
+    );
+}

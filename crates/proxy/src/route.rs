@@ -280,6 +280,11 @@ impl AppTable {
         &self.faults
     }
 
+    /// Whether a percentage of its requests is mirrored to a revision.
+    pub fn mirrors(&self) -> bool {
+        self.mirror.is_some()
+    }
+
     /// See [`RouteTable::pick`].
     pub fn pick<R: RequestView + ?Sized>(&self, request: &R, draw: u64) -> Pick<'_> {
         let mut sticky_set = None;

@@ -23,9 +23,12 @@
 //!
 //! **Client connections.** Each application's listener serves HTTP/1.1 and HTTP/2. In
 //! cleartext, the connection's first bytes are peeked (not read) and HTTP/2's connection
-//! preface means HTTP/2 with prior knowledge (h2c); anything else goes to hyper's HTTP/1.1
-//! server, which reads the socket as it would without the check (one `peek` per connection is
-//! the whole cost). An application with `tls` is served over TLS only (rustls, see
+//! preface means HTTP/2 with prior knowledge (h2c); anything else is HTTP/1.1, read as it
+//! would be without the check (one `peek` per connection is the whole cost) by the lean
+//! HTTP/1.1 path (see `fast`), which forwards plain requests itself and hands the connection
+//! to hyper's HTTP/1.1 server at the first request that needs more (faults, mirroring,
+//! upgrades, chunked request bodies, malformed or oversized heads, and so on); both paths
+//! behave alike, the lean one costs half the CPU. An application with `tls` is served over TLS only (rustls, see
 //! [`tls`]), and ALPN picks HTTP/2 (`h2`) or HTTP/1.1; the acceptor is taken from
 //! the served table when the connection arrives, so a reload with renewed certificate files
 //! applies to new connections. hyper-util's `auto` builder is not used because its preface
@@ -47,7 +50,7 @@
 //! fields are joined into one, and the answer loses `Transfer-Encoding` and every other
 //! connection-specific header. `X-Forwarded-Proto` says `https` for requests that came over TLS.
 //!
-//! One request ([`Proxy::forward`]): route with [`RouteTable::pick`], apply a fault from
+//! One request on hyper's path ([`Proxy::forward`]): route with [`RouteTable::pick`], apply a fault from
 //! [`faults::fault_for`], choose an endpoint with [`balance::choose`], send the request with its
 //! body streamed, retry once on another endpoint when a connection is refused (only for a
 //! request without a body, which can be sent again), answer `502` when no endpoint can be
@@ -106,6 +109,7 @@ use crate::route::{cookie_value, RequestView, RouteTable};
 use crate::{tls, InvalidConfig};
 
 mod caller;
+mod fast;
 mod io;
 mod upstream;
 
@@ -650,7 +654,7 @@ impl Proxy {
         self,
         listen: SocketAddr,
         peer: SocketAddr,
-        stream: TcpStream,
+        mut stream: TcpStream,
         worker: usize,
     ) {
         let deadline = self.inner.options.header_read_timeout;
@@ -676,8 +680,12 @@ impl Proxy {
                         .await
                 }
                 Ok(Ok(Protocol::Http1)) => {
-                    self.serve_h1(TokioIo::new(io::Stream::new(stream)), client)
-                        .await
+                    if let fast::Outcome::Handover(read) =
+                        fast::serve(&self, &mut stream, &client).await
+                    {
+                        let stream = io::Rewind::new(read.freeze(), io::Stream::new(stream));
+                        self.serve_h1(TokioIo::new(stream), client).await
+                    }
                 }
                 Ok(Err(e)) => tracing::debug!(%listen, %peer, "client connection failed: {e}"),
                 Err(_) => {
@@ -906,19 +914,8 @@ impl Proxy {
         let mut request = Request::from_parts(parts, body);
         let cells = &served.cells[app_index][pick.revision];
         let endpoints = revision.endpoints();
-        let mut refused = None;
-        let mut tried = false;
-        for attempt in 0..2u64 {
-            let Some(chosen) = choose(
-                cells,
-                endpoints,
-                refused,
-                mix(draw ^ (attempt + 1)),
-                &mut now,
-            ) else {
-                break;
-            };
-            tried = true;
+        let mut attempts = Attempts::default();
+        while let Some(chosen) = attempts.next(cells, endpoints, draw, &mut now) {
             let addr = endpoints[chosen].addr;
             if needs_host {
                 if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
@@ -994,7 +991,7 @@ impl Proxy {
                         break;
                     }
                     // Not this one again for this request.
-                    refused = Some(chosen);
+                    attempts.refused(chosen);
                     request = *unsent;
                 }
                 Ok(Err(SendError::Upstream(e))) => {
@@ -1008,11 +1005,53 @@ impl Proxy {
                 }
             }
         }
-        if !tried {
-            // Every endpoint is draining or ejected: as good as a refused connection.
+        attempts.none_left(metrics);
+        Ok(answer(StatusCode::BAD_GATEWAY))
+    }
+}
+
+/// The endpoints one request tries: up to two, each by power of two choices ([`choose`]), the
+/// second leaving out one that refused the connection.
+#[derive(Default)]
+struct Attempts {
+    made: u64,
+    refused: Option<usize>,
+}
+
+impl Attempts {
+    /// The next endpoint to try, if any is left; `draw` is the request's routing draw.
+    fn next(
+        &mut self,
+        cells: &[EndpointCell],
+        endpoints: &[crate::config::Endpoint],
+        draw: u64,
+        now: &mut NowMs,
+    ) -> Option<usize> {
+        if self.made == 2 {
+            return None;
+        }
+        let chosen = choose(
+            cells,
+            endpoints,
+            self.refused,
+            mix(draw ^ (self.made + 1)),
+            now,
+        )?;
+        self.made += 1;
+        Some(chosen)
+    }
+
+    /// `chosen` refused the connection: not it again.
+    fn refused(&mut self, chosen: usize) {
+        self.refused = Some(chosen);
+    }
+
+    /// Records, when no endpoint could be tried at all (every one draining or ejected), what
+    /// is as good as a refused connection.
+    fn none_left(&self, metrics: &RevisionMetrics) {
+        if self.made == 0 {
             metrics.record_connect_error();
         }
-        Ok(answer(StatusCode::BAD_GATEWAY))
     }
 }
 

@@ -9,6 +9,12 @@
 //! sweeps count an idle connection's age, so checking one in or out reads no clock), and when
 //! found closed at checkout.
 //!
+//! Beside them, each pool keeps plain `TcpStream`s for the lean HTTP/1.1 path (`fast`), which
+//! borrows one for a request and speaks HTTP/1.1 on it itself ([`Pools::checkout_raw`],
+//! [`Pools::checkin_raw`]); these are swept the same way, and one whose instance closed it or
+//! sent stray bytes is dropped at checkout without a system call unless the socket was
+//! reported readable.
+//!
 //! [`Pools::send`] sends a request on an idle connection if there is one and on a new one
 //! otherwise. A pooled connection that the instance closed before the request was written
 //! gives the request back and the next one (or a new one) is tried, so an instance's own
@@ -47,9 +53,24 @@ pub struct Pools {
 /// idle for [`IDLE_TIMEOUT`], less up to one [`SWEEP_INTERVAL`].
 const IDLE_SWEEPS: u32 = (IDLE_TIMEOUT.as_secs() / SWEEP_INTERVAL.as_secs()) as u32;
 
+type ByAddr<T> = HashMap<SocketAddr, Vec<T>, BuildHasherDefault<AddrHasher>>;
+
 #[derive(Default)]
 struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>>,
+    idle: Mutex<ByAddr<Idle>>,
+    /// Plain connections of the lean HTTP/1.1 path (`server::fast`), between requests.
+    raw: Mutex<ByAddr<RawIdle>>,
+}
+
+struct RawIdle {
+    stream: TcpStream,
+    sweeps: u32,
+}
+
+/// Whether an idle plain connection is still usable: nothing to read (a close or stray bytes
+/// from the instance would be). Costs no system call unless the socket was reported readable.
+fn raw_usable(stream: &TcpStream) -> bool {
+    matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 struct Idle {
@@ -186,7 +207,8 @@ impl Pools {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Sender> {
+    /// A new TCP connection to `addr`, within the connect timeout, with `TCP_NODELAY`.
+    pub async fn connect_raw(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(connected) => connected?,
@@ -198,6 +220,32 @@ impl Pools {
                 }
             };
         stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// The most recently returned plain connection to `addr` that is still usable.
+    pub fn checkout_raw(&self, worker: usize, addr: SocketAddr) -> Option<TcpStream> {
+        let mut idle = lock(&self.pool(worker).raw);
+        let list = idle.get_mut(&addr)?;
+        while let Some(entry) = list.pop() {
+            if raw_usable(&entry.stream) {
+                return Some(entry.stream);
+            }
+        }
+        None
+    }
+
+    /// Returns a plain connection whose last response was read to its end.
+    pub fn checkin_raw(&self, worker: usize, addr: SocketAddr, stream: TcpStream) {
+        let entry = RawIdle { stream, sweeps: 0 };
+        lock(&self.pool(worker).raw)
+            .entry(addr)
+            .or_default()
+            .push(entry);
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Sender> {
+        let stream = self.connect_raw(addr).await?;
         let stream = TokioIo::new(super::io::Stream::new(stream));
         let (sender, connection) = hyper::client::conn::http1::handshake(stream)
             .await
@@ -242,6 +290,15 @@ impl Pools {
             });
             !list.is_empty()
         });
+        drop(idle);
+        let mut raw = lock(&self.pool(worker).raw);
+        raw.retain(|_, list| {
+            list.retain_mut(|entry| {
+                entry.sweeps += 1;
+                raw_usable(&entry.stream) && entry.sweeps < IDLE_SWEEPS
+            });
+            !list.is_empty()
+        });
     }
 
     /// Idle connections of every worker, for tests.
@@ -249,7 +306,10 @@ impl Pools {
     pub fn idle(&self) -> usize {
         self.workers
             .iter()
-            .map(|pool| lock(&pool.idle).values().map(Vec::len).sum::<usize>())
+            .map(|pool| {
+                lock(&pool.idle).values().map(Vec::len).sum::<usize>()
+                    + lock(&pool.raw).values().map(Vec::len).sum::<usize>()
+            })
             .sum()
     }
 }
