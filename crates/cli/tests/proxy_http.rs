@@ -502,13 +502,13 @@ fn an_http2_connection_idle_after_its_request_is_closed_at_the_idle_timeout() {
 /// with the n-th of `answers` (the last one once they run out), written as raw bytes; with
 /// `close_after`, each connection answers one request and closes when the next one arrives,
 /// without answering it or saying it would close, as an instance whose keep-alive timeout
-/// races a request does. It always closes after an answer framed by neither `Content-Length`
-/// nor chunks. Request
+/// races a request does. It always closes after a final answer framed by neither
+/// `Content-Length` nor chunks. Request
 /// bodies are read by `Content-Length`. Its threads end when the test process does.
 /// A proxy serving one application, `web`, on a port of its own with one endpoint at
-/// 127.0.0.1:`upstream`; returns the proxy and the port.
-fn proxy_in_front_of(upstream: u16) -> (Proxy, u16) {
-    let proxy = Proxy::start(&[]);
+/// 127.0.0.1:`upstream`, started with `args`; returns the proxy and the port.
+fn proxy_in_front_of(upstream: u16, args: &[&str]) -> (Proxy, u16) {
+    let proxy = Proxy::start(args);
     let listen = free_port();
     let config = json!({"version": 1, "apps": [app("web", listen, &[("v1", 10000, &[upstream])])]});
     assert_eq!(proxy.put_config(&config).0, 200);
@@ -554,10 +554,11 @@ fn scripted_upstream(answers: Vec<&'static str>, close_after: bool) -> u16 {
                     }
                     let n = served.fetch_add(1, Ordering::SeqCst);
                     let answer = answers[n.min(answers.len() - 1)];
-                    // An answer framed by neither length nor chunks ends at the close.
-                    let framed = ["content-length", "chunked"]
-                        .iter()
-                        .any(|f| answer.to_ascii_lowercase().contains(f));
+                    // A final answer framed by neither length nor chunks ends at the close.
+                    let framed = answer.starts_with("HTTP/1.1 1")
+                        || ["content-length", "chunked"]
+                            .iter()
+                            .any(|f| answer.to_ascii_lowercase().contains(f));
                     if reader.get_mut().write_all(answer.as_bytes()).is_err() || !framed {
                         return;
                     }
@@ -673,7 +674,7 @@ fn answers_in_every_framing_reach_a_kept_alive_client_intact_and_in_order() {
         ],
         false,
     );
-    let (_proxy, listen) = proxy_in_front_of(upstream);
+    let (_proxy, listen) = proxy_in_front_of(upstream, &[]);
 
     let mut client = RawClient::new(listen);
     let get = GET;
@@ -717,7 +718,7 @@ fn an_instance_that_closes_kept_alive_connections_as_requests_arrive_fails_no_re
     // Every pooled connection is closed by the instance when it is used again, after the
     // request was sent: the request must go again on another connection.
     let upstream = scripted_upstream(vec!["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], true);
-    let (proxy, listen) = proxy_in_front_of(upstream);
+    let (proxy, listen) = proxy_in_front_of(upstream, &[]);
     let client = http();
     for i in 0..200 {
         let response = client
@@ -736,7 +737,7 @@ fn an_instance_that_closes_kept_alive_connections_as_requests_arrive_fails_no_re
 #[test]
 fn a_connection_moves_to_the_full_path_for_a_chunked_body_and_keeps_being_served() {
     let (_v1, v1_port) = demo_app("v1");
-    let (proxy, listen) = proxy_in_front_of(v1_port);
+    let (proxy, listen) = proxy_in_front_of(v1_port, &[]);
     let mut client = RawClient::new(listen);
     let get = GET;
     let (head, body) = client.ask(get, false);
@@ -762,4 +763,61 @@ fn a_connection_moves_to_the_full_path_for_a_chunked_body_and_keeps_being_served
         metrics["revisions"][0]["metrics"]["requests"], 5,
         "{metrics}"
     );
+}
+
+#[test]
+fn an_answer_whose_chunked_framing_breaks_closes_the_clients_connection() {
+    let upstream = scripted_upstream(
+        vec!["HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXX"],
+        false,
+    );
+    // Idle kept-alive connections last longer than the test waits, so only the close that
+    // ends such an answer ends the connection.
+    let (_proxy, listen) = proxy_in_front_of(upstream, &["--header-read-timeout", "60s"]);
+    let mut stream = raw(listen, Duration::from_secs(20));
+    stream.write_all(GET).expect("sent");
+    // Only a close can tell the client the body ended.
+    let received = String::from_utf8_lossy(&read_until_closed(&mut stream)).into_owned();
+    assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+}
+
+#[test]
+fn an_interim_answer_followed_by_silence_gets_504_at_the_request_timeout() {
+    let upstream = scripted_upstream(vec!["HTTP/1.1 103 Early Hints\r\n\r\n"], false);
+    let (proxy, listen) = proxy_in_front_of(upstream, &["--request-timeout", "1s"]);
+    let mut stream = raw(listen, Duration::from_secs(20));
+    stream.write_all(GET).expect("sent");
+    let received = String::from_utf8_lossy(&read_until_closed(&mut stream)).into_owned();
+    assert!(
+        received.starts_with("HTTP/1.1 103") && received.contains("HTTP/1.1 504"),
+        "{received}"
+    );
+    let metrics = proxy.get_admin("/admin/v1/metrics");
+    assert_eq!(
+        metrics["revisions"][0]["metrics"]["timeouts"], 1,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_client_leaving_during_a_stalled_answer_body_frees_its_endpoint() {
+    // 100 bytes announced, 7 sent, then nothing.
+    let upstream = scripted_upstream(
+        vec!["HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial"],
+        false,
+    );
+    let (proxy, listen) = proxy_in_front_of(upstream, &[]);
+    let in_flight = || proxy.get_admin("/admin/v1/endpoints")["endpoints"][0]["inFlight"].as_u64();
+    let mut client = RawClient::new(listen);
+    client.stream.write_all(GET).expect("sent");
+    let mut first = [0u8; 1];
+    client
+        .stream
+        .read_exact(&mut first)
+        .expect("the answer begins");
+    assert_eq!(in_flight(), Some(1));
+    drop(client);
+    wait_until("the endpoint's in-flight count back at 0", || {
+        (in_flight() == Some(0)).then_some(())
+    });
 }

@@ -27,7 +27,15 @@
 //! and the endpoint's in-flight count until the answer's body has been copied. The answer's
 //! body streams in whatever framing the instance chose (`Content-Length`, chunked, or up to the
 //! close of the connection, which then also closes the client's); a chunked body's framing is
-//! followed (see [`Chunked`]) but never rewritten. An upstream connection goes back to the
+//! followed (see [`Chunked`]) but never rewritten, and when it breaks the client's connection
+//! is closed, the only way left to tell it the body ended. Lengths are decimal digits only (a
+//! request with any other `Content-Length` goes to hyper, which refuses it; an answer's is
+//! dropped and its body runs to the close), an answer's `Content-Length` beside
+//! `Transfer-Encoding` is dropped (RFC 9112 §6.3), and `Connection` cannot strip an answer's
+//! framing. Interim answers (`1xx` but `101`) are passed on and the final one must still come
+//! within the request timeout. While a body streams, the client's side is watched too: a
+//! client that leaves ends the exchange at once (an instance that stalls would otherwise hold
+//! the endpoint's in-flight count), and what it sends meanwhile (a pipelined request) is kept. An upstream connection goes back to the
 //! pool only when its answer has been read exactly to its end and the instance keeps it open;
 //! one the instance closed while idle in the pool is noticed at checkout or, when the close
 //! races the request, by an answer that ends before its first byte, after which a request with
@@ -145,6 +153,20 @@ struct AnswerFacts {
     reusable: bool,
     /// Hop-by-hop headers (or an HTTP/1.0 status line) that must not reach the client.
     rewrite: bool,
+    /// `Content-Length` must not reach the client: beside `Transfer-Encoding`, or unreadable.
+    drop_length: bool,
+}
+
+/// How far an answer's body has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    More,
+    /// It has ended; `exact` when nothing followed it (the connection can serve again).
+    Ended {
+        exact: bool,
+    },
+    /// Its chunked framing is broken: the client cannot tell where it ends.
+    Broken,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,9 +279,9 @@ impl Conn<'_> {
             let addr = endpoints[chosen].addr;
             let cell = &cells[chosen];
             let in_flight = InFlight::start(cell);
-            let timeout = self.proxy.inner.options.request_timeout;
-            let exchanged = tokio::time::timeout(
-                timeout,
+            let deadline = tokio::time::Instant::now() + self.proxy.inner.options.request_timeout;
+            let exchanged = tokio::time::timeout_at(
+                deadline,
                 self.exchange(addr, unread, replayable && idempotent),
             )
             .await;
@@ -276,6 +298,7 @@ impl Conn<'_> {
                                 close: facts.close,
                                 sticky: pick.sticky_set.map(|s| (s.name, s.value)),
                                 started,
+                                deadline,
                                 metrics,
                             },
                             in_flight,
@@ -419,6 +442,7 @@ impl Conn<'_> {
             close,
             sticky,
             started,
+            deadline,
             metrics,
         } = ctx;
         // Interim answers (100, 102, 103) go to the client as they are; the final one follows.
@@ -441,15 +465,20 @@ impl Conn<'_> {
                     return Next::Close;
                 }
                 self.answer.advance(head_len);
-                match self.read_answer_head(&mut upstream).await {
-                    Ok(len) => {
+                let next = self.read_answer_head(&mut upstream);
+                match tokio::time::timeout_at(deadline, next).await {
+                    Ok(Ok(len)) => {
                         head_len = len;
                         continue;
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::debug!(%addr, "upstream answer failed: {e:?}");
                         metrics.record_response(502, elapsed_us(started));
                         return self.reply(502, "Bad Gateway", true).await;
+                    }
+                    Err(_) => {
+                        metrics.record_timeout();
+                        return self.reply(504, "Gateway Timeout", true).await;
                     }
                 }
             }
@@ -464,6 +493,7 @@ impl Conn<'_> {
                     parsed.headers,
                     sticky,
                     client_closes,
+                    facts.drop_length,
                 );
             }
             break (status, facts);
@@ -480,7 +510,7 @@ impl Conn<'_> {
         };
         let body = self.answer.split_off(head_len);
         let mut head = std::mem::replace(&mut self.answer, body);
-        let (mut done, mut clean) = self.take_body(facts.body, &mut left, &mut chunked);
+        let mut progress = self.take_body(facts.body, &mut left, &mut chunked);
         let written = if rewritten {
             self.answer_head.extend_from_slice(&self.answer);
             send_all(self.stream, &self.answer_head).await
@@ -495,30 +525,43 @@ impl Conn<'_> {
         if written.is_err() {
             return Next::Close;
         }
-        // The rest of the body, as it arrives.
-        while !done {
-            self.answer.reserve(READ_CHUNK);
-            match upstream.read_buf(&mut self.answer).await {
-                Ok(0) if facts.body == Framing::UntilClose => {
-                    done = true;
-                    clean = false;
+        // The rest of the body, as it arrives, while the client is still there.
+        let limit = self.proxy.inner.options.max_header_bytes;
+        let clean = loop {
+            match progress {
+                Progress::Ended { exact } => break exact,
+                Progress::Broken => {
+                    // The client cannot tell where the body ends: only a close can say it.
+                    tracing::debug!(%addr, "upstream answer with broken chunked framing");
+                    return Next::Close;
                 }
+                Progress::More => {}
+            }
+            self.answer.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                biased;
+                read = upstream.read_buf(&mut self.answer) => read,
+                () = client_gone(self.stream, &mut self.input, limit) => {
+                    tracing::debug!(%addr, "client left during the answer's body");
+                    return Next::Close;
+                }
+            };
+            match read {
+                Ok(0) if facts.body == Framing::UntilClose => break false,
                 Ok(0) | Err(_) => {
                     // Cut short: the client cannot tell the body ended, so it is closed too.
                     tracing::debug!(%addr, "upstream answer body cut short");
                     return Next::Close;
                 }
                 Ok(_) => {
-                    let (ended, exact) = self.take_body(facts.body, &mut left, &mut chunked);
-                    done = ended;
-                    clean = exact;
+                    progress = self.take_body(facts.body, &mut left, &mut chunked);
                     if send_all(self.stream, &self.answer).await.is_err() {
                         return Next::Close;
                     }
                     self.answer.clear();
                 }
             }
-        }
+        };
         drop(in_flight);
         if clean && facts.reusable {
             self.proxy
@@ -533,19 +576,14 @@ impl Conn<'_> {
         }
     }
 
-    /// Trims `self.answer` to the body bytes that belong to the answer: whether the body has
-    /// ended, and whether it ended exactly (no stray bytes after it, framing intact).
-    fn take_body(
-        &mut self,
-        framing: Framing,
-        left: &mut u64,
-        chunked: &mut Chunked,
-    ) -> (bool, bool) {
+    /// Trims `self.answer` to the body bytes that belong to the answer, and says how far the
+    /// body has come.
+    fn take_body(&mut self, framing: Framing, left: &mut u64, chunked: &mut Chunked) -> Progress {
         match framing {
             Framing::None => {
                 let exact = self.answer.is_empty();
                 self.answer.clear();
-                (true, exact)
+                Progress::Ended { exact }
             }
             Framing::Length(_) => {
                 let have = self.answer.len() as u64;
@@ -553,25 +591,22 @@ impl Conn<'_> {
                     let exact = have == *left;
                     self.answer.truncate(*left as usize);
                     *left = 0;
-                    (true, exact)
+                    Progress::Ended { exact }
                 } else {
                     *left -= have;
-                    (false, true)
+                    Progress::More
                 }
             }
             Framing::Chunked => match chunked.feed(&self.answer) {
                 Ok(Some(end)) => {
                     let exact = end == self.answer.len();
                     self.answer.truncate(end);
-                    (true, exact)
+                    Progress::Ended { exact }
                 }
-                Ok(None) => (false, true),
-                Err(()) => {
-                    // Broken framing: pass what came and end the exchange uncleanly.
-                    (true, false)
-                }
+                Ok(None) => Progress::More,
+                Err(()) => Progress::Broken,
             },
-            Framing::UntilClose => (false, false),
+            Framing::UntilClose => Progress::More,
         }
     }
 
@@ -595,7 +630,25 @@ struct AnswerContext<'a> {
     close: bool,
     sticky: Option<(&'a str, &'a str)>,
     started: Instant,
+    /// When the final answer's head must have come (the request timeout).
+    deadline: tokio::time::Instant,
     metrics: &'a Arc<crate::metrics::RevisionMetrics>,
+}
+
+/// Resolves when the client has closed its connection (or it failed). What it sends meanwhile,
+/// a pipelined request, stays in `input` for later, up to `limit` bytes: beyond that it is left
+/// in the socket and this waits for ever (the caller's other branch decides).
+async fn client_gone(stream: &mut TcpStream, input: &mut BytesMut, limit: usize) {
+    loop {
+        if input.len() > limit {
+            std::future::pending::<()>().await;
+        }
+        input.reserve(READ_CHUNK);
+        match stream.read_buf(input).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Where the head at the start of `bytes` ends (after its empty line), if it is all there.
@@ -627,11 +680,7 @@ fn request_facts<'h>(fields: &[httparse::Header<'h>]) -> Option<RequestFacts<'h>
     for field in fields {
         let name = field.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(field.value).ok()?.trim();
-            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let n: u64 = value.parse().ok()?;
+            let n = decimal(field.value)?;
             if length.is_some_and(|previous| previous != n) {
                 return None;
             }
@@ -661,6 +710,16 @@ fn request_facts<'h>(fields: &[httparse::Header<'h>]) -> Option<RequestFacts<'h>
     }
     facts.content_length = length.unwrap_or(0);
     host.then_some(facts)
+}
+
+/// A `Content-Length` value: decimal digits only (RFC 9110 §8.6), around which only spaces and
+/// tabs may stand. Anything else (a sign, other whitespace) is not a length.
+fn decimal(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1); `Transfer-Encoding` is not among
@@ -737,8 +796,7 @@ fn answer_facts(
     for field in fields {
         let name = field.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(field.value).ok().map(str::trim);
-            match value.and_then(|v| v.parse::<u64>().ok()) {
+            match decimal(field.value) {
                 Some(n) if length.is_none_or(|previous| previous == n) => length = Some(n),
                 // Conflicting or unreadable lengths: the body runs to the close.
                 _ => bad_length = true,
@@ -774,6 +832,8 @@ fn answer_facts(
             (None, _) => Framing::UntilClose,
         }
     };
+    // With chunks (RFC 9112 §6.3) or when unreadable, the length is not the client's to see.
+    let drop_length = (length.is_some() && chunked.is_some()) || bad_length;
     // HTTP/1.0 keeps a connection only when it says so.
     let reusable = if version == Some(1) {
         !close
@@ -783,7 +843,8 @@ fn answer_facts(
     AnswerFacts {
         body,
         reusable: reusable && body != Framing::UntilClose,
-        rewrite,
+        rewrite: rewrite || drop_length,
+        drop_length,
     }
 }
 
@@ -797,6 +858,7 @@ fn write_answer_head(
     fields: &[httparse::Header<'_>],
     sticky: Option<(&str, &str)>,
     close: bool,
+    drop_length: bool,
 ) {
     // The reason phrase as the instance gave it.
     let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
@@ -814,11 +876,17 @@ fn write_answer_head(
         .filter(|field| field.name.eq_ignore_ascii_case("connection"))
         .flat_map(|field| field.value.split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|option| !option.is_empty())
+        // The body's framing stays whatever `Connection` says: the client needs it.
+        .filter(|option| {
+            !option.is_empty()
+                && !option.eq_ignore_ascii_case(b"content-length")
+                && !option.eq_ignore_ascii_case(b"transfer-encoding")
+        })
         .collect();
     for field in fields {
         let name = field.name;
         if hop_by_hop(name)
+            || (drop_length && name.eq_ignore_ascii_case("content-length"))
             || named
                 .iter()
                 .any(|option| option.eq_ignore_ascii_case(name.as_bytes()))
@@ -914,9 +982,9 @@ impl Chunked {
             let b = bytes[i];
             self.state = match self.state {
                 ChunkState::Size { size, digits } => match (b as char).to_digit(16) {
-                    Some(d) if digits < 16 => ChunkState::Size {
+                    Some(d) if size >> 60 == 0 => ChunkState::Size {
                         size: size << 4 | u64::from(d),
-                        digits: digits + 1,
+                        digits: digits.saturating_add(1),
                     },
                     Some(_) => return Err(()),
                     None if digits == 0 => return Err(()),
@@ -1020,6 +1088,11 @@ mod tests {
         assert_eq!(end_of(b"3\r\nabcd\r\n", 1), Err(()));
         assert_eq!(end_of(b"zz\r\n", 1), Err(()));
         assert_eq!(end_of(b"11111111111111111\r\n", 1), Err(()));
+        // Leading zeros are digits too, not size.
+        assert_eq!(
+            end_of(b"00000000000000000003\r\nabc\r\n0\r\n\r\n", 1),
+            Ok(Some(32))
+        );
     }
 
     fn fields(head: &[u8]) -> Vec<(String, Vec<u8>)> {
@@ -1055,6 +1128,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\u{a0}\r\n\r\n".as_bytes(),
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-private\r\n\r\n",
             b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
@@ -1103,6 +1177,7 @@ mod tests {
             parsed.headers,
             Some(("rev", "v2")),
             false,
+            facts.drop_length,
         );
         (status, facts, out)
     }
@@ -1140,6 +1215,27 @@ mod tests {
             false,
         );
         assert!(f.reusable);
+    }
+
+    #[test]
+    fn the_client_head_keeps_its_framing_whatever_connection_names_and_loses_a_length_beside_chunks(
+    ) {
+        let (_, f, out) = answer(
+            b"HTTP/1.1 200 OK\r\nConnection: content-length, transfer-encoding\r\ncontent-length: 2\r\n\r\n",
+            false,
+        );
+        assert_eq!(f.body, Framing::Length(2));
+        assert!(String::from_utf8_lossy(&out).contains("content-length: 2\r\n"));
+        let (_, f, out) = answer(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert_eq!((f.body, f.drop_length), (Framing::Chunked, true));
+        let out = String::from_utf8_lossy(&out).into_owned();
+        assert!(!out.contains("content-length") && out.contains("transfer-encoding: chunked"));
+        let (_, f, out) = answer(b"HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n", false);
+        assert_eq!((f.body, f.reusable), (Framing::UntilClose, false));
+        assert!(!String::from_utf8_lossy(&out).contains("content-length"));
     }
 
     #[test]
