@@ -218,6 +218,18 @@ fn instance_revisions(c: &Controller) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the guard has counted `n` requests answered by the candidate. The probe that
+/// saw the candidate answer accounts for one, so the load has reached it too: a candidate
+/// replaced within a few hundred milliseconds at 20 % of 100 requests a second could
+/// otherwise see none of them.
+fn wait_candidate_served(c: &Controller, n: u64) {
+    c.wait_until(&format!("the candidate counted {n} requests"), || {
+        let counted =
+            c.get("/api/v1/apps/web/rollout")["state"]["guard"]["errors"]["n"].as_u64()?;
+        (counted >= n).then_some(())
+    });
+}
+
 #[test]
 fn a_new_commit_replaces_the_candidate_and_a_return_to_stable_ends_the_rollout() {
     let steps = "      - setWeight: 20\n      - pause: {}\n";
@@ -247,6 +259,7 @@ fn a_new_commit_replaces_the_candidate_and_a_return_to_stable_ends_the_rollout()
     wait_until("v2 answers", || {
         answer(u64::from(port)).filter(|b| b == "v2")
     });
+    wait_candidate_served(&c, 5);
 
     // A new commit mid-rollout: v3 replaces v2 as the candidate and starts from the first step.
     repo.write("apps/web.yaml", &canary_with_steps("v3", port, "", steps));
@@ -261,6 +274,7 @@ fn a_new_commit_replaces_the_candidate_and_a_return_to_stable_ends_the_rollout()
     wait_until("v3 answers", || {
         answer(u64::from(port)).filter(|b| b == "v3")
     });
+    wait_candidate_served(&c, 5);
     assert_eq!(
         c.get("/api/v1/apps/web/rollout")["state"]["stable"],
         stable,
