@@ -821,3 +821,45 @@ fn a_client_leaving_during_a_stalled_answer_body_frees_its_endpoint() {
         (in_flight() == Some(0)).then_some(())
     });
 }
+
+#[test]
+fn an_instance_answering_before_the_whole_body_has_its_answer_reach_the_client() {
+    // Answers 413 as soon as it has a request head, reads no body, and closes its side.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("an upstream port");
+    let upstream = listener.local_addr().expect("bound").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!";
+                let _ = stream.write_all(answer);
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                // Drained, so the close is a FIN and not a reset.
+                let _ = std::io::copy(&mut stream, &mut std::io::sink());
+            });
+        }
+    });
+    let (proxy, listen) = proxy_in_front_of(upstream, &["--request-timeout", "5s"]);
+    let mut stream = raw(listen, Duration::from_secs(20));
+    // 60,000 bytes announced, ten sent: the rest would only follow an interim 100.
+    let head = b"POST / HTTP/1.1\r\nhost: web\r\ncontent-length: 60000\r\n\r\n0123456789";
+    stream.write_all(head).expect("sent");
+    let received = String::from_utf8_lossy(&read_until_closed(&mut stream)).into_owned();
+    assert!(
+        received.starts_with("HTTP/1.1 413") && received.ends_with("big!"),
+        "{received}"
+    );
+    let metrics = proxy.get_admin("/admin/v1/metrics");
+    assert_eq!(
+        metrics["revisions"][0]["metrics"]["timeouts"], 0,
+        "{metrics}"
+    );
+}

@@ -35,7 +35,12 @@
 //! framing. Interim answers (`1xx` but `101`) are passed on and the final one must still come
 //! within the request timeout. While a body streams, the client's side is watched too: a
 //! client that leaves ends the exchange at once (an instance that stalls would otherwise hold
-//! the endpoint's in-flight count), and what it sends meanwhile (a pipelined request) is kept. An upstream connection goes back to the
+//! the endpoint's in-flight count), and what it sends meanwhile (a pipelined request) is kept.
+//! While a request body is copied upstream, the instance's side is watched as well: an answer
+//! that comes before the whole body (a `413`, say) is forwarded at once, the rest of the body is
+//! not, and both connections, out of step now, are closed; the client's after a lingering
+//! close ([`LINGER`]), so that the body it still sends does not turn the close into a reset
+//! that would destroy the answer. An upstream connection goes back to the
 //! pool only when its answer has been read exactly to its end and the instance keeps it open;
 //! one the instance closed while idle in the pool is noticed at checkout or, when the close
 //! races the request, by an answer that ends before its first byte, after which a request with
@@ -51,7 +56,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::io::send_all;
+use super::io::{send_all, send_some};
 use super::{elapsed_us, Attempts, ClientConn, InFlight, NowMs, Proxy};
 use crate::route::{cookie_value, RequestView};
 
@@ -98,9 +103,39 @@ pub async fn serve(proxy: &Proxy, stream: &mut TcpStream, client: &ClientConn) -
         match conn.request(head_len).await {
             Next::Request => {}
             Next::Close => return Outcome::Closed,
+            Next::Linger => {
+                linger(conn.stream).await;
+                return Outcome::Closed;
+            }
             Next::Handover => return Outcome::Handover(conn.input),
         }
     }
+}
+
+/// How long, and how much, a client still sending a body nobody will read is drained after
+/// its answer, so that the close reaches it as a FIN after the answer rather than as a reset
+/// that could destroy the answer (nginx's lingering close).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Closes the sending side of `stream` and reads what the client still sends, within
+/// [`LINGER`] and [`LINGER_BYTES`].
+async fn linger(stream: &mut TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drained = async {
+        let mut sink = vec![0u8; READ_CHUNK];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drained).await;
 }
 
 enum Head {
@@ -113,6 +148,8 @@ enum Head {
 enum Next {
     Request,
     Close,
+    /// Close once the client has stopped sending a body that was not all read.
+    Linger,
     Handover,
 }
 
@@ -286,7 +323,7 @@ impl Conn<'_> {
             )
             .await;
             match exchanged {
-                Ok(Ok((upstream, answer_len))) => {
+                Ok(Ok((upstream, answer_len, early))) => {
                     cell.record_success();
                     return self
                         .answer(
@@ -295,7 +332,8 @@ impl Conn<'_> {
                                 upstream,
                                 head_len: answer_len,
                                 head_request,
-                                close: facts.close,
+                                close: facts.close || early,
+                                reuse: !early,
                                 sticky: pick.sticky_set.map(|s| (s.name, s.value)),
                                 started,
                                 deadline,
@@ -340,14 +378,15 @@ impl Conn<'_> {
 
     /// Sends the request to `addr` (a pooled connection, or a new one) with the `unread` rest
     /// of its body copied from the client, and reads the answer's head: its length in
-    /// `self.answer`. A pooled connection closed before the answer began is given up for
+    /// `self.answer`, and whether it came before the body was all sent (the client's
+    /// connection is then out of step, and so is the instance's). A pooled connection closed before the answer began is given up for
     /// another when `resend` allows.
     async fn exchange(
         &mut self,
         addr: SocketAddr,
         unread: usize,
         resend: bool,
-    ) -> Result<(TcpStream, usize), Failed> {
+    ) -> Result<(TcpStream, usize, bool), Failed> {
         let pools = &self.proxy.inner.pools;
         let worker = self.client.worker;
         loop {
@@ -360,8 +399,34 @@ impl Conn<'_> {
             };
             self.answer.clear();
             let sent = send_all(&upstream, &self.upstream_head).await;
+            // An instance may answer (413, say) before it has read the whole body: then the
+            // answer is read at once and the rest of the body is not sent.
+            let mut early = false;
+            let mut left = unread;
             let sent = match sent {
-                Ok(()) if unread > 0 => self.copy_body(&upstream, unread).await,
+                Ok(()) => loop {
+                    if left == 0 {
+                        break Ok(());
+                    }
+                    tokio::select! {
+                        biased;
+                        copied = self.copy_body(&upstream, &mut left) => break copied,
+                        ready = upstream.readable() => if let Err(e) = ready {
+                            break Err(e);
+                        },
+                    }
+                    // Readiness can be left over from the last answer: only bytes (or the
+                    // close) say the instance has answered.
+                    self.answer.reserve(READ_CHUNK);
+                    match upstream.try_read_buf(&mut self.answer) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Ok(_) => {
+                            early = true;
+                            break Ok(());
+                        }
+                        Err(e) => break Err(e),
+                    }
+                },
                 sent => sent,
             };
             let answered = match sent {
@@ -369,7 +434,7 @@ impl Conn<'_> {
                 Err(e) => Err(Some(e.to_string())),
             };
             match answered {
-                Ok(len) => return Ok((upstream, len)),
+                Ok(len) => return Ok((upstream, len, early)),
                 // Closed before the first byte of an answer: the instance's keep-alive ended.
                 Err(_) if pooled && resend && self.answer.is_empty() => continue,
                 Err(e) => {
@@ -380,20 +445,23 @@ impl Conn<'_> {
         }
     }
 
-    /// Copies `unread` body bytes from the client to `upstream` as they arrive.
-    async fn copy_body(&mut self, upstream: &TcpStream, mut unread: usize) -> std::io::Result<()> {
-        while unread > 0 {
-            self.input.reserve(READ_CHUNK);
-            if self.stream.read_buf(&mut self.input).await? == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the client closed during its request body",
-                ));
+    /// Copies the `unread` body bytes from the client to `upstream` as they arrive, counting
+    /// them down. Cancel-safe: cancelled, it has copied `unread` fewer, and lost none.
+    async fn copy_body(&mut self, upstream: &TcpStream, unread: &mut usize) -> std::io::Result<()> {
+        while *unread > 0 {
+            if self.input.is_empty() {
+                self.input.reserve(READ_CHUNK);
+                if self.stream.read_buf(&mut self.input).await? == 0 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the client closed during its request body",
+                    ));
+                }
             }
-            let n = unread.min(self.input.len());
-            send_all(upstream, &self.input[..n]).await?;
-            self.input.advance(n);
-            unread -= n;
+            let n = (*unread).min(self.input.len());
+            let sent = send_some(upstream, &self.input[..n]).await?;
+            self.input.advance(sent);
+            *unread -= sent;
         }
         Ok(())
     }
@@ -440,6 +508,7 @@ impl Conn<'_> {
             mut head_len,
             head_request,
             close,
+            reuse,
             sticky,
             started,
             deadline,
@@ -563,13 +632,15 @@ impl Conn<'_> {
             }
         };
         drop(in_flight);
-        if clean && facts.reusable {
+        if clean && reuse && facts.reusable {
             self.proxy
                 .inner
                 .pools
                 .checkin_raw(self.client.worker, addr, upstream);
         }
-        if client_closes {
+        if !reuse {
+            Next::Linger
+        } else if client_closes {
             Next::Close
         } else {
             Next::Request
@@ -627,7 +698,10 @@ struct AnswerContext<'a> {
     upstream: TcpStream,
     head_len: usize,
     head_request: bool,
+    /// The client's connection closes after this answer.
     close: bool,
+    /// The upstream connection may serve again once the answer is read.
+    reuse: bool,
     sticky: Option<(&'a str, &'a str)>,
     started: Instant,
     /// When the final answer's head must have come (the request timeout).

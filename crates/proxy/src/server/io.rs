@@ -70,14 +70,23 @@ impl AsyncWrite for Stream {
 /// Writes all of `buf` to `stream` with `send(2)`, waiting while its buffer is full.
 pub async fn send_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
+        let n = send_some(stream, buf).await?;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// Writes some of a non-empty `buf` to `stream` with one `send(2)` once it has room: how many
+/// bytes. Cancelled while it waits, it has written nothing.
+pub async fn send_some(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    loop {
         match stream.try_io(Interest::WRITABLE, || SockRef::from(stream).send(buf)) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
+            Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
             Err(e) => return Err(e),
         }
     }
-    Ok(())
 }
 
 /// A stream whose first reads return bytes already read from it: how a client connection that
