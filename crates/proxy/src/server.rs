@@ -28,8 +28,8 @@
 //! HTTP/1.1 path (see `fast`), which forwards plain requests itself and hands the connection
 //! to hyper's HTTP/1.1 server at the first request that needs more (faults, mirroring,
 //! upgrades, chunked request bodies, malformed or oversized heads, and so on); both paths
-//! behave alike, the lean one costs half the CPU. An application with `tls` is served over TLS only (rustls, see
-//! [`tls`]), and ALPN picks HTTP/2 (`h2`) or HTTP/1.1; the acceptor is taken from
+//! behave alike, the lean one costs half the CPU. An application with `tls` is served over
+//! TLS only (rustls, see [`tls`]), and ALPN picks HTTP/2 (`h2`) or HTTP/1.1; the acceptor is taken from
 //! the served table when the connection arrives, so a reload with renewed certificate files
 //! applies to new connections. hyper-util's `auto` builder is not used because its preface
 //! detection has no deadline: a client could hold a connection by sending nothing.
@@ -50,8 +50,8 @@
 //! fields are joined into one, and the answer loses `Transfer-Encoding` and every other
 //! connection-specific header. `X-Forwarded-Proto` says `https` for requests that came over TLS.
 //!
-//! One request on hyper's path ([`Proxy::forward`]): route with [`RouteTable::pick`], apply a fault from
-//! [`faults::fault_for`], choose an endpoint with [`balance::choose`], send the request with its
+//! One request on hyper's path ([`Proxy::forward`]): route with [`RouteTable::pick`], apply a
+//! fault from [`faults::fault_for`], choose an endpoint with [`balance::choose`], send the request with its
 //! body streamed, retry once on another endpoint when a connection is refused (only for a
 //! request without a body, which can be sent again), answer `502` when no endpoint can be
 //! reached and `504` when response headers do not arrive within the request timeout, and
@@ -956,7 +956,7 @@ impl Proxy {
                         head.headers.remove(header::TRANSFER_ENCODING);
                     }
                     if let Some(sticky) = pick.sticky_set {
-                        let cookie = format!("{}={}; Path=/; HttpOnly", sticky.name, sticky.value);
+                        let cookie = sticky_cookie(sticky.name, sticky.value);
                         if let Ok(value) = HeaderValue::from_str(&cookie) {
                             head.headers.append(header::SET_COOKIE, value);
                         }
@@ -1432,6 +1432,18 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Whether `name` is one of [`HOP_BY_HOP`], in any case.
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
+}
+
+/// The `Set-Cookie` value that keeps a user on the revision stickiness picked.
+fn sticky_cookie(name: &str, value: &str) -> String {
+    format!("{name}={value}; Path=/; HttpOnly")
 }
 
 /// Strips [`HOP_BY_HOP`] headers and any others the `Connection` header names.

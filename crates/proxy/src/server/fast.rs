@@ -46,6 +46,7 @@
 //! races the request, by an answer that ends before its first byte, after which a request with
 //! an idempotent method and its body in hand is sent again on another connection.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -57,7 +58,9 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::io::{send_all, send_some};
-use super::{elapsed_us, Attempts, ClientConn, InFlight, NowMs, Proxy};
+use super::{
+    elapsed_us, is_hop_by_hop, sticky_cookie, Attempts, ClientConn, InFlight, NowMs, Proxy,
+};
 use crate::route::{cookie_value, RequestView};
 
 /// The largest request body (by `Content-Length`) forwarded on this path; larger ones go to
@@ -379,8 +382,8 @@ impl Conn<'_> {
     /// Sends the request to `addr` (a pooled connection, or a new one) with the `unread` rest
     /// of its body copied from the client, and reads the answer's head: its length in
     /// `self.answer`, and whether it came before the body was all sent (the client's
-    /// connection is then out of step, and so is the instance's). A pooled connection closed before the answer began is given up for
-    /// another when `resend` allows.
+    /// connection is then out of step, and so is the instance's). A pooled connection closed
+    /// before the answer began is given up for another when `resend` allows.
     async fn exchange(
         &mut self,
         addr: SocketAddr,
@@ -398,39 +401,13 @@ impl Conn<'_> {
                 ),
             };
             self.answer.clear();
-            let sent = send_all(&upstream, &self.upstream_head).await;
-            // An instance may answer (413, say) before it has read the whole body: then the
-            // answer is read at once and the rest of the body is not sent.
-            let mut early = false;
-            let mut left = unread;
-            let sent = match sent {
-                Ok(()) => loop {
-                    if left == 0 {
-                        break Ok(());
-                    }
-                    tokio::select! {
-                        biased;
-                        copied = self.copy_body(&upstream, &mut left) => break copied,
-                        ready = upstream.readable() => if let Err(e) = ready {
-                            break Err(e);
-                        },
-                    }
-                    // Readiness can be left over from the last answer: only bytes (or the
-                    // close) say the instance has answered.
-                    self.answer.reserve(READ_CHUNK);
-                    match upstream.try_read_buf(&mut self.answer) {
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Ok(_) => {
-                            early = true;
-                            break Ok(());
-                        }
-                        Err(e) => break Err(e),
-                    }
-                },
-                sent => sent,
+            let sent = match send_all(&upstream, &self.upstream_head).await {
+                Ok(()) => self.send_body(&upstream, unread).await,
+                Err(e) => Err(e),
             };
+            let early = matches!(sent, Ok(true));
             let answered = match sent {
-                Ok(()) => self.read_answer_head(&mut upstream).await,
+                Ok(_) => self.read_answer_head(&mut upstream).await,
                 Err(e) => Err(Some(e.to_string())),
             };
             match answered {
@@ -443,6 +420,29 @@ impl Conn<'_> {
                 }
             }
         }
+    }
+
+    /// Copies the `unread` rest of the body to `upstream` while watching it: an instance may
+    /// answer (413, say) before it has read the whole body, and then the answer is read at
+    /// once and the rest of the body is not sent. Whether it answered early.
+    async fn send_body(&mut self, upstream: &TcpStream, unread: usize) -> std::io::Result<bool> {
+        let mut left = unread;
+        while left > 0 {
+            tokio::select! {
+                biased;
+                copied = self.copy_body(upstream, &mut left) => return copied.map(|()| false),
+                ready = upstream.readable() => ready?,
+            }
+            // Readiness can be left over from the last answer: only bytes (or the close) say
+            // the instance has answered.
+            self.answer.reserve(READ_CHUNK);
+            match upstream.try_read_buf(&mut self.answer) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Ok(_) => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
     }
 
     /// Copies the `unread` body bytes from the client to `upstream` as they arrive, counting
@@ -515,7 +515,7 @@ impl Conn<'_> {
             metrics,
         } = ctx;
         // Interim answers (100, 102, 103) go to the client as they are; the final one follows.
-        let (status, facts) = loop {
+        let (status, facts, client_closes, rewritten) = loop {
             let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut parsed = httparse::Response::new(&mut fields);
             let head = &self.answer[..head_len];
@@ -553,7 +553,8 @@ impl Conn<'_> {
             }
             let facts = answer_facts(status, parsed.version, parsed.headers, head_request);
             let client_closes = close || facts.body == Framing::UntilClose;
-            if facts.rewrite || sticky.is_some() || client_closes {
+            let rewritten = facts.rewrite || sticky.is_some() || client_closes;
+            if rewritten {
                 self.answer_head.clear();
                 write_answer_head(
                     &mut self.answer_head,
@@ -565,11 +566,9 @@ impl Conn<'_> {
                     facts.drop_length,
                 );
             }
-            break (status, facts);
+            break (status, facts, client_closes, rewritten);
         };
         metrics.record_response(status, elapsed_us(started));
-        let client_closes = close || facts.body == Framing::UntilClose;
-        let rewritten = facts.rewrite || sticky.is_some() || client_closes;
 
         // The head and the body bytes already read go out in one write.
         let mut chunked = Chunked::default();
@@ -796,22 +795,6 @@ fn decimal(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-/// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1); `Transfer-Encoding` is not among
-/// them here, since bodies keep their framing on this path.
-fn hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authorization",
-    ]
-    .iter()
-    .any(|hop| name.eq_ignore_ascii_case(hop))
-}
-
 /// The request head for the instance: the request line in origin form and HTTP/1.1, the
 /// client's fields less hop-by-hop ones, and `X-Forwarded-For` (the client's chain with its
 /// address appended) and `X-Forwarded-Proto`.
@@ -829,7 +812,7 @@ fn write_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for field in fields {
         let name = field.name;
-        if hop_by_hop(name)
+        if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case("x-forwarded-for")
             || name.eq_ignore_ascii_case("x-forwarded-proto")
         {
@@ -882,7 +865,7 @@ fn answer_facts(
                 .next()
                 .unwrap_or_default();
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if hop_by_hop(name) {
+        } else if is_hop_by_hop(name) {
             rewrite = true;
             if name.eq_ignore_ascii_case("connection") {
                 for option in field.value.split(|&b| b == b',') {
@@ -940,9 +923,8 @@ fn write_answer_head(
         .strip_suffix(b"\r")
         .unwrap_or(&head[..line_end]);
     let reason = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or_default();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
-    out.push(b' ');
+    // Writing to a `Vec` cannot fail.
+    let _ = write!(out, "HTTP/1.1 {status} ");
     out.extend_from_slice(reason);
     out.extend_from_slice(b"\r\n");
     let named: Vec<&[u8]> = fields
@@ -959,7 +941,7 @@ fn write_answer_head(
         .collect();
     for field in fields {
         let name = field.name;
-        if hop_by_hop(name)
+        if is_hop_by_hop(name)
             || (drop_length && name.eq_ignore_ascii_case("content-length"))
             || named
                 .iter()
@@ -970,11 +952,7 @@ fn write_answer_head(
         push_field(out, name.as_bytes(), field.value);
     }
     if let Some((name, value)) = sticky {
-        out.extend_from_slice(b"set-cookie: ");
-        out.extend_from_slice(name.as_bytes());
-        out.push(b'=');
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"; Path=/; HttpOnly\r\n");
+        push_field(out, b"set-cookie", sticky_cookie(name, value).as_bytes());
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");

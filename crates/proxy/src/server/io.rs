@@ -50,7 +50,7 @@ impl AsyncWrite for Stream {
             ready!(stream.poll_write_ready(cx))?;
             // `try_io` clears the readiness when the socket's buffer is full, so the next
             // `poll_write_ready` waits for the socket to drain.
-            match stream.try_io(Interest::WRITABLE, || SockRef::from(stream).send(buf)) {
+            match try_send(stream, buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 sent => return Poll::Ready(sent),
             }
@@ -67,6 +67,12 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// One `send(2)` of `buf` if tokio has seen the socket writable; `WouldBlock` (which clears
+/// that readiness) otherwise or when its buffer is full.
+fn try_send(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    stream.try_io(Interest::WRITABLE, || SockRef::from(stream).send(buf))
+}
+
 /// Writes all of `buf` to `stream` with `send(2)`, waiting while its buffer is full.
 pub async fn send_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
@@ -80,7 +86,7 @@ pub async fn send_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
 /// bytes. Cancelled while it waits, it has written nothing.
 pub async fn send_some(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     loop {
-        match stream.try_io(Interest::WRITABLE, || SockRef::from(stream).send(buf)) {
+        match try_send(stream, buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
